@@ -1,0 +1,64 @@
+"""The `recsys` command line: a thin root that each layer extends through the `recsys.commands` entry point."""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from pydantic import ValidationError
+
+from recsys.config import Settings, load_settings
+from recsys.errors import RecsysError
+
+app = typer.Typer(
+    name="recsys",
+    help="YouTube-style two-tower candidate generator: data, examples, training, index, serving.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML config file (default: $RECSYS_CONFIG or ./recsys.toml)"),
+    ] = None,
+) -> None:
+    ctx.obj = {"config": config}
+
+
+def settings_from(ctx: typer.Context) -> Settings:
+    """Settings for a command, honouring the global --config option."""
+    root = ctx.find_root()
+    config = (root.obj or {}).get("config")
+    return load_settings(config)
+
+
+def _register_layers() -> None:
+    for ep in entry_points(group="recsys.commands"):
+        register = ep.load()
+        register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI, turning expected errors into a message and exit code 2."""
+    _register_layers()
+    try:
+        app(args=argv, standalone_mode=False)
+    except (RecsysError, ValidationError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)

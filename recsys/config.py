@@ -1,0 +1,128 @@
+"""Typed configuration: defaults, then a TOML file, then RECSYS_* environment variables (highest wins)."""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "RECSYS_CONFIG"
+DEFAULT_CONFIG_FILE = Path("recsys.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GeneratorConfig(_Section):
+    """Size and shape of the synthetic watch log (the embedded default data source)."""
+
+    users: int = Field(20_000, ge=1)
+    videos: int = Field(50_000, ge=10)
+    events: int = Field(1_000_000, ge=1)
+    topics: int = Field(50, ge=2)
+    seed: int = 42
+    days: float = Field(60.0, gt=0, description="length of the simulated log")
+    zipf_exponent: float = Field(1.0, gt=0, description="popularity ~ rank^-a")
+    search_probability: float = Field(0.3, ge=0, le=1, description="chance a session starts with a search")
+    chunk_events: int = Field(2_000_000, ge=1000, description="events generated and written per chunk")
+
+
+class PipelineConfig(_Section):
+    """Knobs of the rollback example pipeline."""
+
+    engine: Literal["local", "spark"] = "local"
+    max_history: int = Field(50, ge=1, le=10_000)
+    max_search_tokens: int = Field(50, ge=0, le=10_000)
+    max_examples_per_user: int = Field(20, ge=1)
+    min_history: int = Field(1, ge=0, description="labels with fewer earlier watches are not examples")
+    video_min_count: int = Field(1, ge=1)
+    token_min_count: int = Field(2, ge=1)
+    category_min_count: int = Field(1, ge=1)
+    validation_start: datetime | None = Field(None, description="labels at or after this are validation")
+    test_start: datetime | None = Field(None, description="labels at or after this are test")
+    validation_days: float = Field(3.0, ge=0, description="used when validation_start is not given")
+    test_days: float = Field(3.0, ge=0, description="used when test_start is not given")
+    seed: int = 0
+    workers: int = Field(0, ge=0, description="0 = one per core")
+    partitions: int = Field(0, ge=0, description="0 = chosen from the input size")
+
+    @field_validator("validation_start", "test_start")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("split boundaries must carry a time zone (e.g. 2024-01-31T00:00:00Z)")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PipelineConfig:
+        if self.validation_start and self.test_start and self.validation_start > self.test_start:
+            raise ValueError("validation_start must not be after test_start")
+        return self
+
+
+class Settings(BaseSettings):
+    """All configuration sections; nested env vars use a double underscore (RECSYS_PIPELINE__MAX_HISTORY=30)."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", env_nested_delimiter="__", extra="forbid", toml_file=None)
+
+    generate: GeneratorConfig = GeneratorConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = _config_path()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+
+_explicit_file: ContextVar[Path | None] = ContextVar("recsys_config_file", default=None)
+
+
+def _config_path() -> Path | None:
+    chosen = _explicit_file.get()
+    if chosen is not None:
+        return chosen
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise FileNotFoundError(f"{CONFIG_ENV}={explicit}: no such config file")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from defaults, the TOML file (explicit, $RECSYS_CONFIG or ./recsys.toml) and env."""
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"{config_file}: no such config file")
+    token = _explicit_file.set(config_file)
+    try:
+        return Settings(**overrides)
+    finally:
+        _explicit_file.reset(token)
+
+
+def with_overrides(section: _Section, **values: Any) -> Any:
+    """Copy of a config section with the given (non-None) values replaced and re-validated."""
+    changed = {k: v for k, v in values.items() if v is not None}
+    return type(section).model_validate({**section.model_dump(), **changed})
