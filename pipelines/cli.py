@@ -43,7 +43,7 @@ def generate(
         days=days,
     )
     summary = run_generate(cfg, out, progress=not quiet)
-    typer.echo(f"wrote {summary.get('events', cfg.events):,} events to {out}")
+    typer.echo(f"wrote {summary['counts']['events']:,} events to {out}")
 
 
 def movielens(

@@ -169,8 +169,12 @@ def user_events(watches: pa.Table, searches: pa.Table, users: pa.Table) -> pa.Ta
             "query": pa.concat_arrays([pa.nulls(n_w, pa.string()), searches["query"].combine_chunks()]),
         }
     )
-    joined = events.join(users, keys="user_id", join_type="left outer")
-    return joined.select([f.name for f in USER_EVENTS]).cast(USER_EVENTS)
+    # users holds at most one row per id (dedupe_partition), so a lookup replaces a join.
+    at = pc.index_in(events["user_id"], value_set=users["user_id"])
+    attrs = users.drop_columns(["user_id"]).take(at)
+    for name in attrs.column_names:
+        events = events.append_column(name, attrs[name])
+    return events.select([f.name for f in USER_EVENTS]).cast(USER_EVENTS)
 
 
 def reason_counts(quarantine: pa.Table | None) -> dict[str, dict[str, int]]:

@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipelines import common
-from pipelines.sources import Inputs, iter_batches
+from pipelines.sources import Inputs, iter_batches, parquet_row_groups
 from pipelines.transform import SPLIT_COLUMN, TransformContext, build_examples, user_hashes
 from pipelines.validate import validate_searches, validate_users, validate_watches
 from recsys.config import PipelineConfig
@@ -47,21 +48,26 @@ def partition_of(user_ids: pa.Array | pa.ChunkedArray, partitions: int) -> np.nd
     return per_unique[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
-def _spill_path(directory: Path, kind: str, p: int) -> Path:
-    return directory / f"{kind}-{p:05d}.arrow"
+def _spill_path(directory: Path, kind: str, p: int, suffix: str) -> Path:
+    return directory / f"{kind}-{p:05d}-{suffix}.arrow"
+
+
+def _spill_files(directory: Path, kind: str, p: int) -> list[Path]:
+    return sorted(directory.glob(f"{kind}-{p:05d}-*.arrow"))
 
 
 class _Spill:
     """Per-partition Arrow IPC files that hash-partitioned rows are appended to."""
 
-    def __init__(self, directory: Path, partitions: int) -> None:
+    def __init__(self, directory: Path, partitions: int, suffix: str) -> None:
         self.directory = directory
         self.partitions = partitions
+        self.suffix = suffix
         self.writers: dict[tuple[str, int], ipc.RecordBatchFileWriter] = {}
         directory.mkdir(parents=True, exist_ok=True)
 
     def path(self, kind: str, p: int) -> Path:
-        return _spill_path(self.directory, kind, p)
+        return _spill_path(self.directory, kind, p, self.suffix)
 
     def write(self, kind: str, table: pa.Table) -> None:
         if table.num_rows == 0:
@@ -84,62 +90,106 @@ class _Spill:
             writer.close()
 
 
-def _read_spill(path: Path, schema: pa.Schema) -> pa.Table:
-    if not path.exists():
-        return schema.empty_table()
-    with pa.memory_map(str(path)) as source:
-        return ipc.open_file(source).read_all()
+def _read_spill(directory: Path, kind: str, p: int) -> pa.Table:
+    """Every spilled slice of one partition and kind, in task order, as one table."""
+    tables = []
+    for path in _spill_files(directory, kind, p):
+        with pa.memory_map(str(path)) as source:
+            tables.append(ipc.open_file(source).read_all())
+        path.unlink()
+    return pa.concat_tables(tables) if tables else KINDS[kind].empty_table()
 
 
-def _batches_of(path: Path | None, table: pa.Table | None, required: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
-    if table is not None:
-        yield from table.to_batches(max_chunksize=1 << 20)
-    elif path is not None:
-        yield from iter_batches(path, required)
+@dataclass(frozen=True)
+class _ReadTask:
+    """One slice of one input (a range of Parquet row groups, a whole file, or an in-memory table)."""
+
+    task_id: int
+    source: str
+    path: Path | None
+    row_groups: list[int] | None = None
+    table: pa.Table | None = None
 
 
-def _partition_inputs(
-    inputs: Inputs, spill: _Spill, quarantine: pq.ParquetWriter, progress: bool
-) -> tuple[dict[str, int], dict[str, dict[str, int]], tuple[int, int]]:
-    """Pass 1: stream and validate every input, spill good rows by user hash, quarantine bad rows."""
-    tables: dict[str, pa.Table | None] = {"events": None, "searches": None, "users": None}
-    paths: dict[str, Path | None] = {
-        "events": inputs.events,
-        "searches": inputs.searches,
-        "users": inputs.users,
-    }
+_PLAN: dict[str, tuple[str, tuple[str, ...], Callable[..., tuple[pa.Table, pa.Table]]]] = {
+    "events": ("watch", WATCH_REQUIRED, validate_watches),
+    "searches": ("search", SEARCH_REQUIRED, validate_searches),
+    "users": ("user", USERS_REQUIRED, validate_users),
+}
+
+
+def _plan_reads(inputs: Inputs, workers: int) -> list[_ReadTask]:
+    """Split the inputs into read tasks: Parquet files by row groups so that every core reads and validates."""
+    tasks: list[_ReadTask] = []
     if inputs.movielens_zip is not None:
         from pipelines.movielens import read_movielens
 
         ml = read_movielens(inputs.movielens_zip)
-        tables = {"events": ml.events, "searches": None, "users": ml.users}
-        paths = {"events": None, "searches": None, "users": None}
-
-    rows_in: dict[str, int] = {}
-    reasons: dict[str, dict[str, int]] = {}
-    lo, hi = np.iinfo(np.int64).max, np.iinfo(np.int64).min
-    plan: list[tuple[str, str, tuple[str, ...], Callable[..., Any]]] = [
-        ("events", "watch", WATCH_REQUIRED, validate_watches),
-        ("searches", "search", SEARCH_REQUIRED, validate_searches),
-        ("users", "user", USERS_REQUIRED, validate_users),
-    ]
-    bar = tqdm(desc="read+validate", unit=" rows", unit_scale=True, disable=not progress)
-    for source, kind, required, validate in plan:
-        if tables[source] is None and paths[source] is None:
+        for source, table in (("events", ml.events), ("users", ml.users)):
+            if table is not None:
+                tasks.append(_ReadTask(len(tasks), source, None, table=table))
+        return tasks
+    for source, path in (("events", inputs.events), ("searches", inputs.searches), ("users", inputs.users)):
+        if path is None:
             continue
-        rows_in[source] = 0
-        for batch in _batches_of(paths[source], tables[source], required):
-            rows_in[source] += batch.num_rows
+        groups = parquet_row_groups(path, _PLAN[source][1])
+        if groups is None or groups < 2:
+            tasks.append(_ReadTask(len(tasks), source, path))
+            continue
+        for chunk in np.array_split(np.arange(groups), min(groups, workers)):
+            tasks.append(_ReadTask(len(tasks), source, path, row_groups=[int(g) for g in chunk]))
+    return tasks
+
+
+def _read_task(args: tuple[_ReadTask, Path, int]) -> tuple[str, int, dict[str, dict[str, int]], int, int]:
+    """Pass 1 worker: validate one slice, spill good rows by user hash, quarantine bad rows."""
+    task, work, partitions = args
+    kind, required, validate = _PLAN[task.source]
+    spill = _Spill(work, partitions, suffix=f"{task.task_id:04d}")
+    rows, reasons = 0, {}
+    lo, hi = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    quarantine: pq.ParquetWriter | None = None
+    if task.table is not None:
+        batches: Iterator[pa.RecordBatch] = iter(task.table.to_batches(max_chunksize=1 << 20))
+    else:
+        assert task.path is not None
+        batches = iter_batches(task.path, required, row_groups=task.row_groups)
+    try:
+        for batch in batches:
+            rows += batch.num_rows
             good, bad = validate(batch)
             if bad.num_rows:
+                if quarantine is None:
+                    quarantine = pq.ParquetWriter(work / f"invalid-{task.task_id:04d}.parquet", QUARANTINE)
                 quarantine.write_table(bad)
                 common.merge_reason_counts(reasons, common.reason_counts(bad))
             if kind == "watch" and good.num_rows:
                 ts = good["ts"].cast(pa.int64()).to_numpy()
                 lo, hi = min(lo, int(ts.min())), max(hi, int(ts.max()))
             spill.write(kind, good)
-            bar.update(batch.num_rows)
-    bar.close()
+    finally:
+        spill.close()
+        if quarantine is not None:
+            quarantine.close()
+    return task.source, rows, reasons, lo, hi
+
+
+def _partition_inputs(
+    inputs: Inputs, work: Path, partitions: int, workers: int, progress: bool
+) -> tuple[dict[str, int], dict[str, dict[str, int]], tuple[int, int]]:
+    """Pass 1: read and validate every input on all cores, spill good rows by user hash, quarantine bad rows."""
+    tasks = _plan_reads(inputs, workers)
+    rows_in: dict[str, int] = {}
+    reasons: dict[str, dict[str, int]] = {}
+    lo, hi = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    with _pool(workers) as pool:
+        results = pool.map(_read_task, [(t, work, partitions) for t in tasks])
+        for source, rows, task_reasons, t_lo, t_hi in tqdm(
+            results, total=len(tasks), desc="read+validate", disable=not progress
+        ):
+            rows_in[source] = rows_in.get(source, 0) + rows
+            common.merge_reason_counts(reasons, task_reasons)
+            lo, hi = min(lo, t_lo), max(hi, t_hi)
     if rows_in.get("events", 0) == 0:
         raise InputError(f"{inputs.events}: holds no watch events")
     if hi < lo:
@@ -160,17 +210,15 @@ def _set_context(ctx: TransformContext) -> None:
 def _clean_partition(args: tuple[Path, int, int]) -> tuple[common.WindowCounts, dict[str, dict[str, int]]]:
     """Phase A: de-duplicate one partition, save the transform's input, count the training window."""
     spill_dir, p, train_end_us = args
-    watches = _read_spill(_spill_path(spill_dir, "watch", p), WATCH_EVENTS)
-    searches = _read_spill(_spill_path(spill_dir, "search", p), SEARCH_EVENTS)
-    users = _read_spill(_spill_path(spill_dir, "user", p), USERS)
+    watches = _read_spill(spill_dir, "watch", p)
+    searches = _read_spill(spill_dir, "search", p)
+    users = _read_spill(spill_dir, "user", p)
     clean = common.dedupe_partition(watches, searches, users)
     if clean.quarantine is not None:
         pq.write_table(clean.quarantine, spill_dir / f"quarantine-{p:05d}.parquet")
     events = common.user_events(clean.watches, clean.searches, clean.users)
     with ipc.new_file(str(spill_dir / f"clean-{p:05d}.arrow"), events.schema) as writer:
         writer.write_table(events)
-    for kind in KINDS:
-        _spill_path(spill_dir, kind, p).unlink(missing_ok=True)
     counts = common.window_counts(clean.watches, clean.searches, clean.users, train_end_us)
     return counts, common.reason_counts(clean.quarantine)
 
@@ -220,13 +268,8 @@ def run_local(inputs: Inputs, tmp: Path, cfg: PipelineConfig, progress: bool = T
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     work = tmp / "_work"
-    (tmp / "quarantine").mkdir(parents=True)
-    spill = _Spill(work, partitions)
-    with pq.ParquetWriter(tmp / "quarantine" / "invalid.parquet", QUARANTINE) as qwriter:
-        try:
-            rows_in, reasons, (lo, hi) = _partition_inputs(inputs, spill, qwriter, progress)
-        finally:
-            spill.close()
+    work.mkdir(parents=True)
+    rows_in, reasons, (lo, hi) = _partition_inputs(inputs, work, partitions, workers, progress)
     timings["read_validate_partition"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -255,7 +298,8 @@ def run_local(inputs: Inputs, tmp: Path, cfg: PipelineConfig, progress: bool = T
         ):
             for split, n in counts2.items():
                 examples[split] += n
-    for q in sorted(work.glob("quarantine-*.parquet")):
+    (tmp / "quarantine").mkdir()
+    for q in sorted([*work.glob("invalid-*.parquet"), *work.glob("quarantine-*.parquet")]):
         q.rename(tmp / "quarantine" / q.name)
     timings["transform_write"] = time.perf_counter() - t2
     _remove_tree(work)

@@ -96,14 +96,11 @@ def _locate(zf: zipfile.ZipFile, zip_path: Path) -> _Located:
                 found.setdefault((layout, folder), {})[pure.name] = name
     if not found:
         raise InputError(
-            f"{zip_path}: not a MovieLens zip: none of the known layouts found "
-            f"(expected one of {_expected_files()})"
+            f"{zip_path}: not a MovieLens zip: none of the known layouts found (expected one of {_expected_files()})"
         )
     if len(found) > 1:
         where = ", ".join(f"{layout} in '{folder or '/'}'" for layout, folder in sorted(found))
-        raise InputError(
-            f"{zip_path}: ambiguous MovieLens zip: several layouts found ({where}); expected exactly one"
-        )
+        raise InputError(f"{zip_path}: ambiguous MovieLens zip: several layouts found ({where}); expected exactly one")
     (layout, folder), members = next(iter(found.items()))
     return _Located(layout, folder, members)
 
@@ -215,9 +212,7 @@ def _users(raw: pa.Table, what: str) -> pa.Table:
     n = raw.num_rows
     zip_code = pc.utf8_trim_whitespace(raw["zip"])
     first_digit = pc.binary_join_element_wise("zip:", pc.utf8_slice_codeunits(zip_code, 0, 1), "")
-    country = pc.if_else(
-        pc.match_substring_regex(zip_code, _NUMERIC_ZIP), first_digit, pa.scalar(None, pa.string())
-    )
+    country = pc.if_else(pc.match_substring_regex(zip_code, _NUMERIC_ZIP), first_digit, pa.scalar(None, pa.string()))
     gender = pc.utf8_trim_whitespace(raw["gender"])
     gender = pc.if_else(pc.is_in(gender, pa.array(["M", "F"])), gender, pa.scalar(None, pa.string()))
     users = pa.Table.from_arrays(
@@ -291,9 +286,7 @@ def _read_100k(zf: zipfile.ZipFile, zip_path: Path, where: _Located) -> MovieLen
     types: dict[str, pa.DataType] = {name: pa.string() for name in names}
     types.update({"item": pa.int64(), **{flag: pa.bool_() for flag in flags}})
     with zf.open(items_member) as f:
-        raw = _parse(
-            f, what=what, names=names, types=types, delimiter="|", encoding="latin1", empty_is_null=True
-        )
+        raw = _parse(f, what=what, names=names, types=types, delimiter="|", encoding="latin1", empty_is_null=True)
     for flag in flags:
         if raw[flag].null_count:
             raise InputError(f"{what}: {raw[flag].null_count} rows have an empty genre flag ({flag})")
@@ -301,9 +294,7 @@ def _read_100k(zf: zipfile.ZipFile, zip_path: Path, where: _Located) -> MovieLen
         upload_ts = pc.strptime(raw["release_date"], format=_RELEASE_DATE_FORMAT, unit="us").cast(TIMESTAMP)
     except pa.ArrowException as exc:
         raise InputError(f"{what}: a release date is not like 01-Jan-1995: {exc}") from exc
-    matrix = (
-        np.column_stack([raw[flag].to_numpy() for flag in flags]) if flags else np.zeros((raw.num_rows, 0))
-    )
+    matrix = np.column_stack([raw[flag].to_numpy() for flag in flags]) if flags else np.zeros((raw.num_rows, 0))
     per_video = [[genre_names[i] for i in np.flatnonzero(row)] for row in matrix]
     videos = _videos(raw["item"], raw["title"], upload_ts, _genre_lists(per_video), what)
     return MovieLensTables("100k", events, users, videos)
@@ -414,9 +405,7 @@ def _read_latest(zf: zipfile.ZipFile, zip_path: Path, where: _Located) -> MovieL
             quoting=True,
         )
     per_video = [genres.split("|") if genres else [] for genres in raw["genres"].to_pylist()]
-    videos = _videos(
-        raw["movieId"], raw["title"], pa.nulls(raw.num_rows, TIMESTAMP), _genre_lists(per_video), what
-    )
+    videos = _videos(raw["movieId"], raw["title"], pa.nulls(raw.num_rows, TIMESTAMP), _genre_lists(per_video), what)
     return MovieLensTables("latest", events, None, videos)
 
 
@@ -428,9 +417,7 @@ def read_movielens(zip_path: Path) -> MovieLensTables:
     zip_path = Path(zip_path)
     with _open_zip(zip_path) as zf:
         where = _locate(zf, zip_path)
-        _member(
-            zf, zip_path, where, "ratings"
-        )  # the ratings file is the one a layout cannot do without: check first
+        _member(zf, zip_path, where, "ratings")  # the ratings file is the one a layout cannot do without: check first
         return _READERS[where.layout](zf, zip_path, where)
 
 
@@ -464,9 +451,7 @@ def write_movielens(tables: MovieLensTables, out: Path) -> dict[str, int]:
         raise InputError(f"unknown MovieLens layout {tables.layout!r}; expected one of {', '.join(LAYOUTS)}")
     if out.exists():
         if not out.is_dir():
-            raise InputError(
-                f"{out}: exists and is not a directory; expected a directory for the MovieLens tables"
-            )
+            raise InputError(f"{out}: exists and is not a directory; expected a directory for the MovieLens tables")
         if not _is_replaceable(out):
             raise InputError(
                 f"{out}: exists and is not an earlier MovieLens output (no manifest.json with format "

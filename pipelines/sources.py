@@ -82,7 +82,23 @@ def _check_columns(path: Path, schema: pa.Schema, required: Sequence[str]) -> No
         raise InputError(f"{path}: missing column(s) {missing}; found {schema.names}")
 
 
-def iter_batches(path: Path, required: Sequence[str], batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+def parquet_row_groups(path: Path, required: Sequence[str]) -> int | None:
+    """Number of row groups of a Parquet file (checked for columns), None for other formats."""
+    if not path.is_file() or _format_of(path) != "parquet":
+        return None
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty")
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{path}: not a readable parquet file ({exc})") from exc
+    _check_columns(path, pf.schema_arrow, required)
+    return int(pf.num_row_groups)
+
+
+def iter_batches(
+    path: Path, required: Sequence[str], batch_rows: int = BATCH_ROWS, row_groups: list[int] | None = None
+) -> Iterator[pa.RecordBatch]:
     """Stream a table file in record batches, failing clearly on an empty, mislabelled or incomplete file."""
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
@@ -91,7 +107,7 @@ def iter_batches(path: Path, required: Sequence[str], batch_rows: int = BATCH_RO
         raise InputError(f"{path}: the file is empty")
     try:
         if fmt == "parquet":
-            yield from _parquet_batches(path, required, batch_rows)
+            yield from _parquet_batches(path, required, batch_rows, row_groups)
         elif fmt == "dataset":
             dataset = ds.dataset(path, format="parquet")
             _check_columns(path, dataset.schema, required)
@@ -110,10 +126,12 @@ def iter_batches(path: Path, required: Sequence[str], batch_rows: int = BATCH_RO
         raise InputError(f"{path}: not a readable {fmt} file ({exc})") from exc
 
 
-def _parquet_batches(path: Path, required: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+def _parquet_batches(
+    path: Path, required: Sequence[str], batch_rows: int, row_groups: list[int] | None
+) -> Iterator[pa.RecordBatch]:
     pf = pq.ParquetFile(path)
     _check_columns(path, pf.schema_arrow, required)
-    yield from pf.iter_batches(batch_size=batch_rows)
+    yield from pf.iter_batches(batch_size=batch_rows, row_groups=row_groups)
 
 
 def _csv_batches(path: Path, required: Sequence[str]) -> Iterator[pa.RecordBatch]:

@@ -60,8 +60,17 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarra
     lengths = (ends - starts).astype(np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    positions = np.arange(offsets[-1], dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)
-    return offsets, positions
+    total = int(offsets[-1])
+    # A running sum of steps: +1 inside a range, and a jump to the next range's start at each boundary.
+    # Positions index one partition's rows, so int32 suffices and halves the memory traffic.
+    steps = np.ones(total, dtype=np.int32)
+    nonempty = np.flatnonzero(lengths)
+    if len(nonempty):
+        first = offsets[nonempty]
+        jump = starts[nonempty].astype(np.int64)
+        jump[1:] -= ends[nonempty[:-1]].astype(np.int64) - 1
+        steps[first] = jump
+    return offsets, np.cumsum(steps, dtype=np.int32)
 
 
 def _list_array(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
@@ -87,21 +96,24 @@ def empty_examples() -> pa.Table:
 
 def build_examples(events: pa.Table, ctx: TransformContext) -> pa.Table:
     """Rollback examples (one per sampled watch) whose features use only events strictly before the label."""
-    events = events.combine_chunks() if events.num_rows else events
-    is_watch = pc.is_valid(events["video_id"])
-    watches = events.filter(is_watch)
-    if watches.num_rows == 0:
+    if events.num_rows == 0:
         return empty_examples()
-    watches = watches.take(
-        pc.sort_indices(watches, [("user_id", "ascending"), ("ts", "ascending"), ("video_id", "ascending")])
-    )
-    user_ids = watches["user_id"].combine_chunks()
-    ts = watches["ts"].combine_chunks().cast(TIMESTAMP).cast(pa.int64()).to_numpy()
-    videos = ctx.features.videos.lookup(watches["video_id"]).to_numpy()
+    watch_rows = np.flatnonzero(pc.is_valid(events["video_id"]).to_numpy(zero_copy_only=False))
+    if len(watch_rows) == 0:
+        return empty_examples()
+    encoded = pc.dictionary_encode(events["user_id"].combine_chunks())
+    all_users = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    all_ts = events["ts"].combine_chunks().cast(TIMESTAMP).cast(pa.int64()).to_numpy()
+    all_videos = ctx.features.videos.lookup(events["video_id"]).to_numpy()
 
-    encoded = pc.dictionary_encode(user_ids)
-    user = encoded.indices.to_numpy().astype(np.int64)  # sorted by user, so codes are ascending
-    unique_users = encoded.dictionary
+    # Sort watches by (user, time, video index): numeric keys only, ties in time ordered by vocabulary index.
+    keys = pa.table({"u": all_users[watch_rows], "t": all_ts[watch_rows], "v": all_videos[watch_rows]})
+    order = pc.sort_indices(keys, [("u", "ascending"), ("t", "ascending"), ("v", "ascending")]).to_numpy()
+    rows_of_events = watch_rows[order]
+    user = all_users[rows_of_events]
+    ts = all_ts[rows_of_events]
+    videos = all_videos[rows_of_events]
+
     n = len(ts)
     idx = np.arange(n)
     user_start = _run_starts([user])
@@ -113,7 +125,7 @@ def build_examples(events: pa.Table, ctx: TransformContext) -> pa.Table:
     # An out-of-vocabulary label cannot be learned; it stays a (missed) target in validation and test.
     candidate &= (split != 0) | (videos != OOV_INDEX)
 
-    keep = _sample_per_user(candidate, user, split, idx - user_start, unique_users, ctx)
+    keep = _sample_per_user(candidate, user, split, idx - user_start, encoded.dictionary, ctx)
     rows = idx[keep]
     if len(rows) == 0:
         return empty_examples()
@@ -123,12 +135,13 @@ def build_examples(events: pa.Table, ctx: TransformContext) -> pa.Table:
     hist_offsets, hist_pos = _ranges(hist_start, hist_end)
     history = _list_array(hist_offsets, videos[hist_pos])
 
-    search_tokens = _search_tokens(events, unique_users, user[rows], ts[rows], ctx)
-    attrs = _user_attributes(watches.take(pa.array(rows)), ctx)
+    search_tokens = _search_tokens(events, all_users, all_ts, user[rows], ts[rows], ctx)
+    label_rows = events.take(pa.array(rows_of_events[rows]))
+    attrs = _user_attributes(label_rows, ctx)
     example_age = np.where(split[rows] == 0, (ctx.validation_start_us - ts[rows]) / _US_PER_DAY, 0.0).astype(np.float32)
 
     columns = {
-        "user_id": user_ids.take(pa.array(rows)),
+        "user_id": label_rows["user_id"].combine_chunks(),
         "label_ts": pa.array(ts[rows], type=pa.int64()).cast(TIMESTAMP),
         "label": pa.array(videos[rows], type=pa.int32()),
         "history": history,
@@ -150,48 +163,46 @@ def _sample_per_user(
 ) -> np.ndarray:
     """Mask keeping at most max_examples_per_user candidates per (user, split), chosen by a seeded hash."""
     seed_mix = splitmix64(np.array([ctx.seed], dtype=np.uint64))[0]
-    per_user = user_hashes(unique_users) ^ seed_mix
-    # The key depends only on the user id and the watch's position in the user's own timeline.
-    key = splitmix64(per_user[user] * np.uint64(1_000_003) + position.astype(np.uint64))
     cand = np.flatnonzero(candidate)
-    order = cand[np.lexsort((key[cand], split[cand], user[cand]))]
-    group = user[order] * 3 + split[order]
-    group_start = _run_starts([group])
-    rank = np.arange(len(order)) - group_start
+    per_user = user_hashes(unique_users) ^ seed_mix
+    # The key depends only on the user id and the watch's position in the user's own timeline, never on
+    # which other users share the table, so any grouping of users gives the same choice.
+    key = splitmix64(per_user[user[cand]] * np.uint64(1_000_003) + position[cand].astype(np.uint64))
+    group = user[cand].astype(np.uint64) * np.uint64(3) + split[cand].astype(np.uint64)
+    # One stable argsort over (group, top 32 bits of the key); equal keys fall back to timeline order.
+    order = np.argsort((group << np.uint64(32)) | (key >> np.uint64(32)), kind="stable")
+    sorted_group = group[order]
+    rank = np.arange(len(order)) - _run_starts([sorted_group])
     keep = np.zeros(len(candidate), dtype=bool)
-    keep[order[rank < ctx.max_examples_per_user]] = True
+    keep[cand[order[rank < ctx.max_examples_per_user]]] = True
     return keep
 
 
 def _search_tokens(
     events: pa.Table,
-    unique_users: pa.Array,
+    all_users: np.ndarray,
+    all_ts: np.ndarray,
     label_user: np.ndarray,
     label_ts: np.ndarray,
     ctx: TransformContext,
 ) -> pa.ListArray:
     """The most recent <= max_search_tokens query tokens strictly before each label, oldest first."""
     n_labels = len(label_user)
-    searches = events.filter(pc.is_valid(events["query"]))
-    if searches.num_rows == 0 or ctx.max_search_tokens == 0:
+    search_rows = np.flatnonzero(pc.is_valid(events["query"]).to_numpy(zero_copy_only=False))
+    if len(search_rows) == 0 or ctx.max_search_tokens == 0:
         return _list_array(np.zeros(n_labels + 1, dtype=np.int64), np.zeros(0, dtype=np.int32))
-    s_user = pc.index_in(searches["user_id"], value_set=unique_users)
-    searches = searches.filter(pc.is_valid(s_user))  # users who never watched have no examples
-    if searches.num_rows == 0:
-        return _list_array(np.zeros(n_labels + 1, dtype=np.int64), np.zeros(0, dtype=np.int32))
-    searches = searches.append_column("_user", pc.index_in(searches["user_id"], value_set=unique_users))
-    searches = searches.take(
-        pc.sort_indices(searches, [("_user", "ascending"), ("ts", "ascending"), ("query", "ascending")])
-    )
-    tokens = tokenize(searches["query"].combine_chunks())
+    queries = events["query"].combine_chunks().take(pa.array(search_rows))
+    keys = pa.table({"u": all_users[search_rows], "t": all_ts[search_rows], "q": queries})
+    order = pc.sort_indices(keys, [("u", "ascending"), ("t", "ascending"), ("q", "ascending")]).to_numpy()
+    tokens = tokenize(queries.take(pa.array(order)))
     per_query = pc.list_value_length(tokens).to_numpy().astype(np.int64)
-    tok_user = np.repeat(searches["_user"].combine_chunks().to_numpy().astype(np.int64), per_query)
-    tok_ts = np.repeat(searches["ts"].combine_chunks().cast(TIMESTAMP).cast(pa.int64()).to_numpy(), per_query)
+    tok_user = np.repeat(all_users[search_rows[order]], per_query)
+    tok_ts = np.repeat(all_ts[search_rows[order]], per_query)
     tok_index = ctx.features.tokens.lookup(tokens.flatten()).to_numpy()
 
     # Order (user, ts) pairs on one int64 key: user code times the number of distinct times, plus the time rank.
-    all_ts, inverse = np.unique(np.concatenate([tok_ts, label_ts]), return_inverse=True)
-    width = np.int64(len(all_ts) + 1)
+    times, inverse = np.unique(np.concatenate([tok_ts, label_ts]), return_inverse=True)
+    width = np.int64(len(times) + 1)
     tok_key = tok_user * width + inverse[: len(tok_ts)]
     label_key = label_user * width + inverse[len(tok_ts) :]
     end = np.searchsorted(tok_key, label_key, side="left")

@@ -207,19 +207,34 @@ _BAD = object()
 
 def exact_duplicates(table: pa.Table, keys: list[str]) -> np.ndarray:
     """Mask of rows that repeat an earlier row on every key column (the first occurrence is kept)."""
-    if table.num_rows == 0:
+    n = table.num_rows
+    if n == 0:
         return np.zeros(0, dtype=bool)
-    order = pc.sort_indices(table, [(k, "ascending") for k in keys]).to_numpy()
-    dup_sorted = np.zeros(len(order), dtype=bool)
-    if len(order) > 1:
-        same = np.ones(len(order) - 1, dtype=bool)
-        for k in keys:
-            col = table[k].combine_chunks().take(pa.array(order))
-            a, b = col.slice(1), col.slice(0, len(order) - 1)
-            eq = pc.equal(a, b)
-            both_null = pc.and_(pc.is_null(a), pc.is_null(b))
-            same &= pc.or_(pc.fill_null(eq, False), both_null).to_numpy(zero_copy_only=False)
-        dup_sorted[1:] = same
-    mask = np.zeros(len(order), dtype=bool)
-    mask[order] = dup_sorted
+    # Sort on integer codes (dictionary codes for strings, raw bits for numbers) rather than on the values.
+    codes = pa.table({k: _sortable_codes(table[k]) for k in keys})
+    order = pc.sort_indices(codes, [(k, "ascending") for k in keys]).to_numpy()
+    same = np.ones(n - 1, dtype=bool)
+    for k in keys:
+        col = codes[k].to_numpy()[order]
+        same &= col[1:] == col[:-1]
+    mask = np.zeros(n, dtype=bool)
+    mask[order[1:]] = same
     return mask
+
+
+def _sortable_codes(column: pa.ChunkedArray) -> np.ndarray:
+    """An int64 per row that is equal exactly when the values are equal (nulls equal to nulls)."""
+    arr = column.combine_chunks()
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_boolean(arr.type):
+        encoded = arr.dictionary_encode()
+        return pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    nulls = pc.is_null(arr).to_numpy(zero_copy_only=False)
+    if pa.types.is_timestamp(arr.type) or pa.types.is_integer(arr.type):
+        codes = pc.fill_null(arr.cast(pa.int64()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        codes[nulls] = np.iinfo(np.int64).min
+        return codes
+    values = pc.fill_null(pc.cast(arr, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+    values = np.where(np.isnan(values), np.float64(np.nan), values) + 0.0  # one NaN pattern; -0.0 becomes 0.0
+    codes = values.view(np.int64).copy()
+    codes[nulls] = np.iinfo(np.int64).min
+    return codes

@@ -71,6 +71,52 @@ class PipelineConfig(_Section):
         return self
 
 
+class ModelConfig(_Section):
+    """Shape of the user tower and the output-embedding layer."""
+
+    embedding_dim: int = Field(256, ge=8, description="d of the user vector and of each output-embedding row")
+    video_input_dim: int = Field(64, ge=4, description="width of the watch-history input embeddings")
+    token_input_dim: int = Field(32, ge=4)
+    category_dim: int = Field(8, ge=2)
+    hidden: list[int] = Field(default_factory=lambda: [1024, 512, 256], max_length=4)
+    output_bias: bool = True
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(width <= 0 for width in value):
+            raise ValueError("hidden layer widths must be positive")
+        return value
+
+
+class TrainConfig(_Section):
+    """The training job: loss, optimisation, sampling knobs, checkpoints and evaluation."""
+
+    loss: Literal["full", "loguniform", "inbatch", "topk_random"] = "topk_random"
+    batch_size: int = Field(1024, ge=1)
+    epochs: int = Field(10, ge=1)
+    learning_rate: float = Field(0.1, gt=0)
+    seed: int = 0
+    top_k: int = Field(32, ge=1, description="K: head classes per example from the index")
+    top_k_fetch: int = Field(64, ge=1, description="K' > K fetched from the stale index, re-scored exactly")
+    uniform_samples: int = Field(2048, ge=1, description="m: uniform tail samples shared by the batch")
+    refresh_every: int = Field(200, ge=1, description="R: steps between index refreshes")
+    warmup_steps: int = Field(200, ge=0, description="uniform-only negatives before the top-K head starts")
+    nprobe: int = Field(8, ge=1)
+    exclude_history_from_head: bool = False
+    checkpoint_every: int = Field(500, ge=1)
+    eval_max_examples: int = Field(20_000, ge=1, description="validation examples scored each epoch")
+    patience: int = Field(2, ge=1, description="epochs without validation improvement before stopping")
+    diagnostics_every: int = Field(500, ge=1)
+    shuffle_window: int = Field(200_000, ge=1, description="rows held for shuffling (bounded memory)")
+
+    @model_validator(mode="after")
+    def _fetch_covers_k(self) -> TrainConfig:
+        if self.top_k_fetch < self.top_k:
+            raise ValueError("top_k_fetch (K') must be >= top_k (K)")
+        return self
+
+
 class Settings(BaseSettings):
     """All configuration sections; nested env vars use a double underscore (RECSYS_PIPELINE__MAX_HISTORY=30)."""
 
@@ -78,6 +124,8 @@ class Settings(BaseSettings):
 
     generate: GeneratorConfig = GeneratorConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -242,3 +242,24 @@ def test_movielens_100k_zip_runs_directly(tmp_path):
     assert report["quarantined_total"] == 0
     assert report["vocab_sizes"]["gender"] == 3  # OOV, F, M
     assert all(report["examples"][s] > 0 for s in SPLITS)
+
+
+def test_exact_duplicates_compares_every_column_and_keeps_the_first():
+    from pipelines.validate import exact_duplicates
+
+    table = pa.table(
+        {
+            "user_id": ["a", "a", "a", "b", "a", None, None],
+            "ts": pa.array([1, 1, 1, 1, 2, 3, 3], pa.timestamp("us", "UTC")),
+            "watch_seconds": [1.5, 1.5, None, 1.5, 1.5, None, None],
+        }
+    )
+    assert exact_duplicates(table, ["user_id", "ts", "watch_seconds"]).tolist() == [
+        False,
+        True,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipelines.transform import TransformContext, build_examples, to_us
@@ -65,16 +65,21 @@ def reference(
     """Obviously-correct (slow) history and search tokens for every possible label."""
     vocab = ctx.features.videos
     tok_vocab = ctx.features.tokens
+
+    def index(video: str) -> int:
+        return int(vocab.lookup(pa.array([video]))[0].as_py())
+
     out = {}
     for user, minute, video in watches:
-        earlier = sorted((m, v) for u, m, v in watches if u == user and m < minute)
-        hist = [int(vocab.lookup(pa.array([v]))[0].as_py()) for _, v in earlier][-ctx.max_history :]
+        # Watches sharing a timestamp are ordered by vocabulary index (the documented tie order).
+        earlier = sorted((m, index(v)) for u, m, v in watches if u == user and m < minute)
+        hist = [i for _, i in earlier][-ctx.max_history :]
         queries = sorted((m, q) for u, m, q in searches if u == user and m < minute)
         toks: list[int] = []
         for _, q in queries:
             toks += [int(x) for x in tok_vocab.lookup(tokenize(pa.array([q])).flatten()).to_pylist()]
         toks = toks[-ctx.max_search_tokens :] if ctx.max_search_tokens else []
-        label = int(vocab.lookup(pa.array([video]))[0].as_py())
+        label = index(video)
         out.setdefault((user, minute, label), []).append((hist, toks))
     return out
 
@@ -95,7 +100,8 @@ search_strategy = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(watches=[("u1", 0, "b"), ("u1", 0, "a"), ("u2", 0, "b"), ("u1", 1, "c")], searches=[], max_history=5)
 @given(watches=watch_strategy, searches=search_strategy, max_history=st.integers(1, 5))
 def test_features_use_only_strictly_earlier_events(watches, searches, max_history):
     events = make_events(watches, searches)
