@@ -146,7 +146,8 @@ def _read_task(args: tuple[_ReadTask, Path, int]) -> tuple[str, int, dict[str, d
     task, work, partitions = args
     kind, required, validate = _PLAN[task.source]
     spill = _Spill(work, partitions, suffix=f"{task.task_id:04d}")
-    rows, reasons = 0, {}
+    rows = 0
+    reasons: dict[str, dict[str, int]] = {}
     lo, hi = np.iinfo(np.int64).max, np.iinfo(np.int64).min
     quarantine: pq.ParquetWriter | None = None
     if task.table is not None:

@@ -1,0 +1,152 @@
+"""The user tower and the output-embedding layer (Covington et al. 2016, section 3).
+
+The tower maps a user's context (averaged watch-history and search-token embeddings, geography, device, gender,
+example age, normalised demographics) to a d-dimensional vector u. The output layer is a trainable table V [n, d]
+(plus an optional bias): the logit of video j is u . V[j] + b[j], and after training the rows of V are the video
+embeddings that retrieval indexes. There is no separate item network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from recsys.config import ModelConfig
+
+PAD = -1  # padding value of the history and search-token id matrices
+SEQUENCE_FEATURES = ("history", "search_tokens")
+CATEGORY_FEATURES = ("country", "device", "gender")
+NUMERIC_FEATURES = ("example_age_days", "age", "logged_in")
+_AGE_SCALE_DAYS = 30.0
+
+
+@dataclass(frozen=True)
+class Cardinalities:
+    """Vocabulary sizes (each including the OOV index 0) that size the embedding tables."""
+
+    videos: int
+    tokens: int
+    country: int
+    device: int
+    gender: int
+
+
+def feature_signature(max_history: int, max_tokens: int) -> dict[str, tf.TensorSpec]:
+    """The tower's input signature: padded id matrices, category indices and float features."""
+    spec = {
+        "history": tf.TensorSpec([None, max_history], tf.int32),
+        "search_tokens": tf.TensorSpec([None, max(max_tokens, 1)], tf.int32),
+    }
+    spec |= {name: tf.TensorSpec([None], tf.int32) for name in CATEGORY_FEATURES}
+    spec |= {name: tf.TensorSpec([None], tf.float32) for name in NUMERIC_FEATURES}
+    return spec
+
+
+def masked_mean(table: tf.Variable, ids: tf.Tensor) -> tf.Tensor:
+    """Average of the embedding rows of the non-padding ids of each row (zeros for an empty row)."""
+    mask = tf.cast(ids >= 0, table.dtype)
+    rows = tf.gather(table, tf.maximum(ids, 0))
+    total = tf.reduce_sum(rows * mask[..., None], axis=1)
+    count = tf.reduce_sum(mask, axis=1, keepdims=True)
+    return total / tf.maximum(count, 1.0)
+
+
+class UserTower(keras.Model):
+    """Context features -> user vector u of width embedding_dim."""
+
+    def __init__(self, sizes: Cardinalities, config: ModelConfig, **kwargs: Any) -> None:
+        """Create the input embeddings, the ReLU stack and the final projection to embedding_dim."""
+        super().__init__(**kwargs)
+        self.sizes = sizes
+        self.config = config
+        init = keras.initializers.RandomNormal(stddev=0.05)
+        self.video_inputs = self.add_weight(
+            shape=(sizes.videos, config.video_input_dim), initializer=init, name="video_input_embeddings"
+        )
+        self.token_inputs = self.add_weight(
+            shape=(sizes.tokens, config.token_input_dim), initializer=init, name="token_input_embeddings"
+        )
+        self.category_tables = {
+            name: self.add_weight(
+                shape=(getattr(sizes, name), config.category_dim), initializer=init, name=f"{name}_embeddings"
+            )
+            for name in CATEGORY_FEATURES
+        }
+        self.hidden_layers = [
+            keras.layers.Dense(width, activation="relu", name=f"hidden_{i}") for i, width in enumerate(config.hidden)
+        ]
+        # The last layer is linear: a ReLU output would confine u to the positive orthant and cripple MIPS.
+        self.projection = keras.layers.Dense(config.embedding_dim, name="user_vector")
+
+    def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """User vectors [B, embedding_dim] from a batch of features."""
+        age_days = tf.cast(features["example_age_days"], tf.float32) / _AGE_SCALE_DAYS
+        numeric = tf.stack(
+            [
+                age_days,
+                tf.square(age_days),
+                tf.cast(features["age"], tf.float32),
+                tf.cast(features["logged_in"], tf.float32),
+            ],
+            axis=1,
+        )
+        parts = [
+            masked_mean(self.video_inputs, features["history"]),
+            masked_mean(self.token_inputs, features["search_tokens"]),
+            *(tf.gather(self.category_tables[name], features[name]) for name in CATEGORY_FEATURES),
+            numeric,
+        ]
+        x = tf.concat(parts, axis=1)
+        for layer in self.hidden_layers:
+            x = layer(x, training=training)
+        return self.projection(x)
+
+
+class OutputEmbedding(keras.layers.Layer):
+    """The softmax's output table V [n, d] and optional bias b [n]: the video embeddings after training."""
+
+    def __init__(self, n_videos: int, dim: int, use_bias: bool = True, **kwargs: Any) -> None:
+        """Create V with a small random init (so the index over V starts with no structure) and b at zero."""
+        super().__init__(**kwargs)
+        self.n_videos = n_videos
+        self.dim = dim
+        self.table = self.add_weight(
+            shape=(n_videos, dim),
+            initializer=keras.initializers.RandomNormal(stddev=1.0 / np.sqrt(dim)),
+            name="video_embeddings",
+        )
+        self.bias = self.add_weight(shape=(n_videos,), initializer="zeros", name="video_bias") if use_bias else None
+
+    def logits(self, u: tf.Tensor) -> tf.Tensor:
+        """Full logits [B, n] (the expensive reference path; evaluation chunks it)."""
+        out = tf.matmul(u, self.table, transpose_b=True)
+        return out + self.bias if self.bias is not None else out
+
+
+class TwoTower(keras.Model):
+    """The user tower and the output layer trained together; the tower alone is exported for serving."""
+
+    def __init__(self, sizes: Cardinalities, config: ModelConfig, **kwargs: Any) -> None:
+        """Build both halves."""
+        super().__init__(**kwargs)
+        self.tower = UserTower(sizes, config, name="user_tower")
+        self.output_layer = OutputEmbedding(sizes.videos, config.embedding_dim, config.output_bias, name="output")
+
+    def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """User vectors for the batch (losses score them against the output layer)."""
+        return self.tower(features, training=training)
+
+
+def build_model(sizes: Cardinalities, config: ModelConfig, max_history: int, max_tokens: int) -> TwoTower:
+    """Create a two-tower model and run one dummy batch through it so every weight exists."""
+    model = TwoTower(sizes, config)
+    dummy = {
+        name: tf.zeros([1, *spec.shape[1:]], spec.dtype)
+        for name, spec in feature_signature(max_history, max_tokens).items()
+    }
+    model(dummy)
+    return model

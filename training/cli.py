@@ -1,0 +1,71 @@
+"""`recsys train` and `recsys evaluate`: the training layer's commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from recsys.cli import settings_from
+from recsys.config import with_overrides
+
+
+def register(app: typer.Typer) -> None:
+    """Add the training commands to the root CLI."""
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
+
+
+def train(
+    ctx: typer.Context,
+    examples: Annotated[Path, typer.Option(help="output directory of `recsys pipeline`")],
+    out: Annotated[Path, typer.Option(help="run directory (checkpoints, report, embeddings)")],
+    loss: Annotated[str | None, typer.Option(help="full | loguniform | inbatch | topk_random")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    learning_rate: Annotated[float | None, typer.Option()] = None,
+    uniform_samples: Annotated[int | None, typer.Option(help="m: uniform tail samples")] = None,
+    top_k: Annotated[int | None, typer.Option(help="K: head classes per example")] = None,
+    hidden: Annotated[str | None, typer.Option(help="tower widths, e.g. 1024,512,256 (empty: linear)")] = None,
+    embedding_dim: Annotated[int | None, typer.Option()] = None,
+    index_spec: Annotated[str | None, typer.Option(help="FAISS factory string of the miner's index")] = None,
+    resume: Annotated[bool, typer.Option(help="continue a killed run from its last checkpoint")] = False,
+    seed: Annotated[int | None, typer.Option()] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Train the two-tower model with one of the four softmax losses."""
+    from training.train import train as run_train
+
+    settings = settings_from(ctx)
+    widths = None if hidden is None else [int(w) for w in hidden.split(",") if w.strip()]
+    model_cfg = with_overrides(settings.model, hidden=widths, embedding_dim=embedding_dim)
+    cfg = with_overrides(
+        settings.train,
+        loss=loss,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        uniform_samples=uniform_samples,
+        top_k=top_k,
+        seed=seed,
+    )
+    report = run_train(examples, out, model_cfg, cfg, resume=resume, progress=not quiet, index_spec=index_spec)
+    best = report["epochs"][report["best_epoch"] - 1] if report["best_epoch"] > 0 else {}
+    typer.echo(
+        f"{cfg.loss}: {report['steps']} steps, best epoch {report['best_epoch']} validation recall@100 "
+        f"{best.get('recall@100', float('nan')):.4f} (popularity {report['validation_popularity']['recall@100']:.4f})"
+        f" -> {out}"
+    )
+
+
+def evaluate(
+    run: Annotated[Path, typer.Option(help="a training run directory")],
+    split: Annotated[str, typer.Option(help="train | validation | test")] = "test",
+    exclude_history: Annotated[bool, typer.Option(help="never recommend what the user already watched")] = False,
+) -> None:
+    """Full-catalogue Recall@K, NDCG@K and MAP of a run and of popularity on a split."""
+    from training.evaluate import evaluate_run
+
+    typer.echo(json.dumps(evaluate_run(run, split, exclude_history), indent=2))

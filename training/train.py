@@ -1,0 +1,406 @@
+"""The training job: streamed batches, one loss on the shared two-tower model, checkpoints, evaluation, report."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from recsys.config import ModelConfig, TrainConfig
+from recsys.errors import InputError
+from recsys.metrics import dot_scorer, label_ranks, metrics_from_ranks, popularity_scorer
+from recsys.model import PAD, TwoTower, build_model, feature_signature
+from recsys.softmax import (
+    estimator_diagnostics,
+    full_softmax_loss,
+    inbatch_softmax_loss,
+    sample_classes,
+    sampled_softmax_from_sample,
+)
+from recsys.sparse_optim import SparseAdagrad
+from training.data import Batch, ExampleSet, batches_per_epoch, iterate_batches, to_batch
+from training.miner import NegativeMiner
+
+STATE_FILE = "state.json"
+REPORT_FILE = "report.json"
+RUN_FILE = "run.json"
+EMBEDDINGS_FILE = "video_embeddings.npy"
+BIAS_FILE = "video_bias.npy"
+FEATURE_NAMES = tuple(feature_signature(1, 1))
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved beside each checkpoint so a killed run resumes exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    checkpoint: str | None = None
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    best_metric: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    diagnostics: list[dict[str, float]] = field(default_factory=list)
+    index: list[dict[str, float]] = field(default_factory=list)
+
+    def save(self, out: Path) -> None:
+        """Write state.json atomically (write then rename)."""
+        tmp = out / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(asdict(self)) + "\n")
+        os.replace(tmp, out / STATE_FILE)
+
+    @classmethod
+    def load(cls, out: Path) -> TrainState:
+        """Read state.json."""
+        data = json.loads((out / STATE_FILE).read_text())
+        data["losses"] = [tuple(x) for x in data["losses"]]
+        return cls(**data)
+
+
+def log_uniform_sample(
+    y: tf.Tensor, n: int, num_sampled: int, rng: tf.random.Generator
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Log-uniform (Zipfian) candidates drawn with a checkpointable generator, with their expected counts.
+
+    Same distribution and expected counts as tf.random.log_uniform_candidate_sampler(unique=False), but the draw is
+    part of the checkpointed state, so a resumed run samples exactly what an uninterrupted one would.
+    """
+    log_range = math.log(n + 1.0)
+    uniform = rng.uniform([num_sampled], dtype=tf.float64)
+    sampled = tf.cast(tf.floor(tf.exp(uniform * log_range)), tf.int64) - 1
+    sampled = tf.clip_by_value(sampled, 0, n - 1)
+
+    def expected(classes: tf.Tensor) -> tf.Tensor:
+        c = tf.cast(classes, tf.float64)
+        q = tf.math.log((c + 2.0) / (c + 1.0)) / log_range
+        return tf.cast(q * num_sampled, tf.float32)
+
+    labels = tf.reshape(tf.cast(y, tf.int64), [-1, 1])
+    return sampled, expected(labels), expected(sampled)
+
+
+class Trainer:
+    """Owns the model, the optimizer, the loss head and the miner for one run."""
+
+    def __init__(self, data: ExampleSet, model_cfg: ModelConfig, cfg: TrainConfig, index_spec: str | None = None):
+        """Build the model and whatever state the chosen loss needs."""
+        self.data = data
+        self.cfg = cfg
+        self.model_cfg = model_cfg
+        tf.keras.utils.set_random_seed(cfg.seed)
+        self.model: TwoTower = build_model(data.sizes, model_cfg, data.max_history, data.max_tokens)
+        self.optimizer = SparseAdagrad(cfg.learning_rate)
+        self.optimizer.build(self.model.trainable_variables)
+        self.rng = tf.random.Generator.from_seed(cfg.seed)
+        self.n = data.sizes.videos
+        counts = data.label_counts()
+        # Frequency share of each video as a training label, smoothed so unseen videos keep a finite log q.
+        q = (counts + 1.0) / (counts.sum() + len(counts))
+        self.log_q = tf.constant(np.log(q), tf.float32)
+        self.label_counts = counts
+        self.miner: NegativeMiner | None = None
+        if cfg.loss == "topk_random":
+            self.miner = NegativeMiner(
+                self.model.output_layer.table,
+                self.model.output_layer.bias,
+                k=cfg.top_k,
+                k_prime=cfg.top_k_fetch,
+                refresh_every=cfg.refresh_every,
+                warmup_steps=cfg.warmup_steps,
+                index_spec=index_spec,
+                nprobe=cfg.nprobe,
+                seed=cfg.seed,
+            )
+        # Variables are listed explicitly: Keras 3 does not expose layers held in lists or dicts to tf.train's
+        # object graph, so checkpointing `model` alone would silently skip the hidden layers.
+        self.checkpoint = tf.train.Checkpoint(
+            weights={f"w{i}": _tf_variable(v) for i, v in enumerate(self.model.weights)},
+            rng=self.rng,
+            accumulators={f"a{i}": self.optimizer.accumulator(v) for i, v in enumerate(self.model.trainable_variables)},
+        )
+        spec = feature_signature(data.max_history, data.max_tokens)
+        label_spec = tf.TensorSpec([None], tf.int32)
+        cand_spec = tf.TensorSpec([None, None], tf.int64)
+        self._train_step = tf.function(self._step, input_signature=[spec, label_spec, cand_spec], reduce_retracing=True)
+        self._user_vectors = tf.function(lambda f: self.model.tower(f, training=False), input_signature=[spec])
+
+    # --------------------------------------------------------------------------------------------- the loss
+    def _loss(self, u: tf.Tensor, y: tf.Tensor, features: dict[str, tf.Tensor], candidates: tf.Tensor) -> tf.Tensor:
+        out = self.model.output_layer
+        V, b = out.table, out.bias
+        exclude = features["history"] if self.cfg.exclude_history_from_head else None
+        if self.cfg.loss == "full":
+            return full_softmax_loss(u, V, b, y)
+        if self.cfg.loss == "inbatch":
+            return inbatch_softmax_loss(u, V, b, y, tf.gather(self.log_q, y))
+        if self.cfg.loss == "loguniform":
+            sampled = log_uniform_sample(y, self.n, self.cfg.uniform_samples, self.rng)
+            labels = tf.reshape(tf.cast(y, tf.int64), [-1, 1])
+            bias = b if b is not None else tf.zeros([self.n])
+            return tf.reduce_mean(
+                tf.nn.sampled_softmax_loss(
+                    weights=V,
+                    biases=bias,
+                    labels=labels,
+                    inputs=u,
+                    num_sampled=self.cfg.uniform_samples,
+                    num_classes=self.n,
+                    sampled_values=sampled,
+                    remove_accidental_hits=True,
+                )
+            )
+        sample = sample_classes(y, candidates, self.n, self.cfg.uniform_samples, self.rng)
+        return sampled_softmax_from_sample(u, V, b, y, sample, exclude)
+
+    def _step(self, features: dict[str, tf.Tensor], y: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            u = self.model.tower(features, training=True)
+            loss = self._loss(u, y, features, candidates)
+        variables = self.model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return loss
+
+    # --------------------------------------------------------------------------------------------- helpers
+    def candidates(self, step: int, features: dict[str, np.ndarray]) -> np.ndarray:
+        """Top-K head candidates for this step from the miner (an empty [B, 0] during warm-up or for other losses)."""
+        batch = len(features["country"])
+        if self.miner is None or not self.miner.topk_enabled(step):
+            return np.zeros((batch, 0), dtype=np.int64)
+        self.miner.maybe_refresh(step)
+        return self.miner.search(self._user_vectors(features).numpy())
+
+    def user_vectors(self, batch: Batch, chunk: int = 4096) -> np.ndarray:
+        """User vectors for a whole feature batch, in chunks."""
+        n = len(batch["label"])
+        outs = []
+        for lo in range(0, n, chunk):
+            part = {k: batch[k][lo : lo + chunk] for k in FEATURE_NAMES}
+            outs.append(self._user_vectors(part).numpy())
+        return np.concatenate(outs) if outs else np.zeros((0, self.model_cfg.embedding_dim), np.float32)
+
+    def evaluate(self, batch: Batch) -> dict[str, float]:
+        """Full-catalogue exact retrieval metrics of the current model on a feature batch."""
+        out = self.model.output_layer
+        bias = out.bias.numpy() if out.bias is not None else None
+        scorer = dot_scorer(self.user_vectors(batch), out.table.numpy(), bias)
+        return metrics_from_ranks(label_ranks(scorer, batch["label"]))
+
+    def popularity(self, batch: Batch) -> dict[str, float]:
+        """The popularity baseline on the same batch, ranked the same way."""
+        return metrics_from_ranks(label_ranks(popularity_scorer(self.label_counts), batch["label"]))
+
+    def diagnostics(self, batch: Batch, step: int) -> dict[str, float]:
+        """Estimator quality on a small held-out batch: S's share of Z, |log Z_hat - log Z|, gradient cosine."""
+        features = {k: tf.constant(batch[k]) for k in FEATURE_NAMES}
+        u = self._user_vectors(features)
+        cands = self.candidates(step, {k: batch[k] for k in FEATURE_NAMES})
+        out = self.model.output_layer
+        # A separate generator so diagnostics never shift the training draws (resume stays exact).
+        diag_rng = tf.random.Generator.from_seed(self.cfg.seed + 7919 + step)
+        result = estimator_diagnostics(
+            u, out.table, out.bias, tf.constant(batch["label"]), tf.constant(cands), self.cfg.uniform_samples, diag_rng
+        )
+        if self.miner is not None and self.miner.index is not None:
+            result["index_recall"] = self.miner.recall_of_true_topk(u.numpy(), k=self.cfg.top_k)
+        return result
+
+
+def _tf_variable(var: Any) -> tf.Variable:
+    """The tf.Variable behind a Keras 3 variable."""
+    return getattr(var, "value", var)
+
+
+def _slice(batch: Batch, n: int) -> Batch:
+    return {k: v[:n] for k, v in batch.items()}
+
+
+def train(
+    examples: Path,
+    out: Path,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    index_spec: str | None = None,
+) -> dict[str, Any]:
+    """Train one model; resumable after a kill; returns (and writes) the final report."""
+    data = ExampleSet.open(examples)
+    if data.count("train") < cfg.batch_size:
+        raise InputError(f"{examples}: fewer training examples ({data.count('train')}) than one batch")
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise InputError(f"{out}: already holds a run (pass --resume to continue it)")
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(data, model_cfg, cfg, index_spec)
+    manager = tf.train.CheckpointManager(trainer.checkpoint, out / "checkpoints", max_to_keep=3)
+    state = TrainState()
+    if resume and (out / STATE_FILE).exists():
+        state = TrainState.load(out)
+        if state.checkpoint:
+            trainer.checkpoint.restore(state.checkpoint).assert_existing_objects_matched()
+    (out / RUN_FILE).write_text(
+        json.dumps(
+            {
+                "examples": str(examples.resolve()),
+                "model": model_cfg.model_dump(mode="json"),
+                "train": cfg.model_dump(mode="json"),
+                "sizes": asdict(data.sizes),
+                "max_history": data.max_history,
+                "max_tokens": data.max_tokens,
+                "index_spec": index_spec,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    writer = tf.summary.create_file_writer(str(out / "tensorboard"))
+    validation = to_batch(data.read("validation", cfg.eval_max_examples), data.max_history, data.max_tokens)
+    held_out = _slice(validation, 256)
+    per_epoch = batches_per_epoch(data.count("train"), cfg.batch_size)
+    files = data.files("train")
+    timings = {"train_s": 0.0, "eval_s": 0.0}
+
+    def checkpoint() -> None:
+        state.checkpoint = manager.save(checkpoint_number=state.step)
+        state.save(out)
+
+    while state.epoch < cfg.epochs and not state.stopped_early:
+        t0 = time.perf_counter()
+        bar = tqdm(
+            total=per_epoch,
+            initial=state.batch_in_epoch,
+            desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+            disable=not progress,
+            unit="step",
+        )
+        for batch in iterate_batches(
+            files,
+            cfg.batch_size,
+            data.max_history,
+            data.max_tokens,
+            seed=cfg.seed,
+            epoch=state.epoch,
+            window=cfg.shuffle_window,
+            skip_batches=state.batch_in_epoch,
+        ):
+            features = {k: batch[k] for k in FEATURE_NAMES}
+            candidates = trainer.candidates(state.step, features)
+            loss = float(trainer._train_step(features, batch["label"], candidates))
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at step {state.step}; last checkpoint kept")
+            state.step += 1
+            state.batch_in_epoch += 1
+            if state.step % 10 == 0:
+                state.losses.append((state.step, loss))
+                with writer.as_default():
+                    tf.summary.scalar("loss", loss, step=state.step)
+            if cfg.loss == "topk_random" and state.step % cfg.diagnostics_every == 0:
+                diag = {"step": float(state.step), **trainer.diagnostics(held_out, state.step)}
+                state.diagnostics.append(diag)
+                with writer.as_default():
+                    for key, value in diag.items():
+                        tf.summary.scalar(f"estimator/{key}", value, step=state.step)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.update(1)
+            if state.step % cfg.checkpoint_every == 0:
+                checkpoint()
+        bar.close()
+        timings["train_s"] += time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        metrics = trainer.evaluate(validation)
+        timings["eval_s"] += time.perf_counter() - t1
+        state.epochs.append({"epoch": state.epoch + 1, "step": state.step, **metrics, "loss": loss})
+        with writer.as_default():
+            for key, value in metrics.items():
+                tf.summary.scalar(f"validation/{key}", value, step=state.step)
+        if progress:
+            tqdm.write(
+                f"epoch {state.epoch + 1}: loss {loss:.4f} validation recall@10 {metrics['recall@10']:.4f} "
+                f"recall@100 {metrics['recall@100']:.4f}"
+            )
+        if metrics["recall@100"] > state.best_metric:
+            state.best_metric, state.best_epoch, state.bad_epochs = metrics["recall@100"], state.epoch + 1, 0
+            _export_embeddings(trainer, out)
+        else:
+            state.bad_epochs += 1
+            state.stopped_early = state.bad_epochs >= cfg.patience
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        checkpoint()
+
+    report = _report(trainer, state, data, validation, timings, out)
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    _plots(state, out)
+    return report
+
+
+def _export_embeddings(trainer: Trainer, out: Path) -> None:
+    """Save the best epoch's video embeddings and bias (what the index and serving will use)."""
+    layer = trainer.model.output_layer
+    np.save(out / EMBEDDINGS_FILE, layer.table.numpy())
+    np.save(out / BIAS_FILE, layer.bias.numpy() if layer.bias is not None else np.zeros(trainer.n, np.float32))
+    trainer.model.save_weights(out / "best.weights.h5")
+
+
+def _report(
+    trainer: Trainer, state: TrainState, data: ExampleSet, validation: Batch, timings: dict[str, float], out: Path
+) -> dict[str, Any]:
+    return {
+        "loss": trainer.cfg.loss,
+        "steps": state.step,
+        "epochs_run": len(state.epochs),
+        "best_epoch": state.best_epoch,
+        "stopped_early": state.stopped_early,
+        "data": {split: data.count(split) for split in ("train", "validation", "test")},
+        "videos": data.sizes.videos,
+        "epochs": state.epochs,
+        "validation_popularity": trainer.popularity(validation),
+        "estimator_diagnostics": state.diagnostics[-5:],
+        "miner_refreshes": [asdict(s) for s in trainer.miner.history[-5:]] if trainer.miner else [],
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "config": {"model": trainer.model_cfg.model_dump(mode="json"), "train": trainer.cfg.model_dump(mode="json")},
+        "files": {"embeddings": EMBEDDINGS_FILE, "bias": BIAS_FILE, "weights": "best.weights.h5"},
+        "out": str(out),
+    }
+
+
+def _plots(state: TrainState, out: Path) -> None:
+    """Loss and validation recall curves as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if state.losses:
+        steps, losses = zip(*state.losses, strict=True)
+        axes[0].plot(steps, losses)
+    axes[0].set(title="training loss", xlabel="step", ylabel="loss")
+    for k in (10, 50, 100):
+        axes[1].plot(
+            [e["epoch"] for e in state.epochs],
+            [e[f"recall@{k}"] for e in state.epochs],
+            marker="o",
+            label=f"recall@{k}",
+        )
+    axes[1].set(title="validation recall (full catalogue)", xlabel="epoch", ylabel="recall")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=100)
+    plt.close(fig)
+
+
+__all__ = ["PAD", "TrainState", "Trainer", "log_uniform_sample", "train"]
