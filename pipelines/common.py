@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.transform import TransformContext, to_us
+from pipelines.transform import TransformContext, leave_last_out_window_end, to_us
 from pipelines.validate import exact_duplicates, quarantine_rows
 from recsys.config import PipelineConfig
 from recsys.errors import InputError
@@ -81,11 +81,28 @@ class WindowCounts:
         self.ages += other.ages
 
 
-def window_counts(watches: pa.Table, searches: pa.Table, users: pa.Table, train_end_us: int) -> WindowCounts:
-    """Counts over the training window only: videos watched, search tokens, and the training users' attributes."""
-    end = pa.scalar(train_end_us, pa.int64()).cast(TIMESTAMP)
-    train_w = watches.filter(pc.less(watches["ts"], end))
-    train_s = searches.filter(pc.less(searches["ts"], end))
+def window_counts(
+    watches: pa.Table, searches: pa.Table, users: pa.Table, train_end_us: int, split_mode: str = "time"
+) -> WindowCounts:
+    """Counts over the training window only: videos watched, search tokens, and the training users' attributes.
+
+    The window ends at train_end_us for the time split, and per user (before its validation label) for
+    leave-last-out; the partition must hold every watch of its users.
+    """
+    if split_mode == "leave_last_out":
+        w_ts = watches["ts"].combine_chunks().cast(pa.int64()).to_numpy()
+        w_end = leave_last_out_window_end(watches["user_id"], w_ts)
+        train_w = watches.filter(pa.array(w_ts < w_end))
+        # A user's searches share the window end of its watches; users who never watched have no window.
+        first = pc.fill_null(pc.index_in(searches["user_id"], value_set=watches["user_id"]), -1)
+        first_row = first.to_numpy(zero_copy_only=False).astype(np.int64)
+        s_ts = searches["ts"].combine_chunks().cast(pa.int64()).to_numpy()
+        s_end = np.where(first_row >= 0, w_end[np.maximum(first_row, 0)], np.iinfo(np.int64).min)
+        train_s = searches.filter(pa.array(s_ts < s_end))
+    else:
+        end = pa.scalar(train_end_us, pa.int64()).cast(TIMESTAMP)
+        train_w = watches.filter(pc.less(watches["ts"], end))
+        train_s = searches.filter(pc.less(searches["ts"], end))
     counts = WindowCounts(videos=[count_values(train_w["video_id"])])
     counts.tokens.append(count_values(tokenize(train_s["query"].combine_chunks()).flatten()))
     active = pc.unique(train_w["user_id"])
@@ -122,6 +139,7 @@ def transform_context(features: FeatureSpace, bounds: Boundaries, cfg: PipelineC
         max_examples_per_user=cfg.max_examples_per_user,
         min_history=cfg.min_history,
         seed=cfg.seed,
+        split_mode=cfg.split,
     )
 
 

@@ -35,6 +35,7 @@ class TransformContext:
     max_examples_per_user: int = 20
     min_history: int = 1
     seed: int = 0
+    split_mode: str = "time"  # "time": global boundaries; "leave_last_out": per user, see leave_last_out_split
 
 
 def to_us(moment: datetime) -> int:
@@ -120,8 +121,12 @@ def build_examples(events: pa.Table, ctx: TransformContext) -> pa.Table:
     earlier_end = _run_starts([user, ts])  # ties in time are not "earlier"
     n_earlier = earlier_end - user_start
 
-    split = np.where(ts < ctx.validation_start_us, 0, np.where(ts < ctx.test_start_us, 1, 2)).astype(np.int8)
-    candidate = n_earlier >= ctx.min_history
+    if ctx.split_mode == "leave_last_out":
+        split, window_end = leave_last_out_split(user, ts, user_start, earlier_end)
+    else:
+        split = np.where(ts < ctx.validation_start_us, 0, np.where(ts < ctx.test_start_us, 1, 2)).astype(np.int8)
+        window_end = np.full(n, ctx.validation_start_us, dtype=np.int64)
+    candidate = (split >= 0) & (n_earlier >= ctx.min_history)
     # An out-of-vocabulary label cannot be learned; it stays a (missed) target in validation and test.
     candidate &= (split != 0) | (videos != OOV_INDEX)
 
@@ -151,6 +156,53 @@ def build_examples(events: pa.Table, ctx: TransformContext) -> pa.Table:
         SPLIT_COLUMN: pa.array(split[rows], type=pa.int8()),
     }
     return pa.table(columns, schema=EXAMPLES_WITH_SPLIT)
+
+
+def _user_last(user_start: np.ndarray) -> np.ndarray:
+    """For rows sorted by user, the index of the last row of each row's user."""
+    n = len(user_start)
+    is_first = user_start == np.arange(n)
+    starts = np.flatnonzero(is_first)
+    ends = np.append(starts[1:], n) - 1
+    return ends[np.cumsum(is_first) - 1]
+
+
+def leave_last_out_split(
+    user: np.ndarray, ts: np.ndarray, user_start: np.ndarray, earlier_end: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user split codes (-1 = not a label) and training-window ends, for rows sorted by (user, ts, video).
+
+    Tie rule (the same everywhere): the test label is the user's last watch in that order; the validation label
+    is the last watch strictly before the test label's time; training labels are strictly before the validation
+    label's time (or the test label's, for a user without one). Other watches sharing the test or validation
+    label's timestamp are neither labels nor history of it.
+    """
+    n = len(ts)
+    idx = np.arange(n)
+    last = _user_last(user_start)
+    val = earlier_end[last] - 1  # the row just before the tie run of the last timestamp
+    has_val = val >= user_start
+    split = np.full(n, -1, dtype=np.int8)
+    split[idx == last] = 2
+    split[has_val & (idx == val)] = 1
+    window_end = np.where(has_val, ts[np.maximum(val, 0)], ts[last])
+    split[ts < window_end] = 0
+    return split, window_end
+
+
+def leave_last_out_window_end(user_ids: pa.Array | pa.ChunkedArray, ts: np.ndarray) -> np.ndarray:
+    """Each watch's user's training-window end under leave-last-out (see leave_last_out_split)."""
+    if isinstance(user_ids, pa.ChunkedArray):
+        user_ids = user_ids.combine_chunks()
+    user = user_ids.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    order = np.lexsort((ts, user))
+    su, st = user[order], ts[order]
+    user_start = _run_starts([su])
+    earlier_end = _run_starts([su, st])
+    _, window_end = leave_last_out_split(su, st, user_start, earlier_end)
+    out = np.empty(len(ts), dtype=np.int64)
+    out[order] = window_end
+    return out
 
 
 def _sample_per_user(

@@ -36,28 +36,36 @@ class _Checker:
 
     def __init__(self, raw: pa.Table) -> None:
         self.raw = raw
-        self.reasons = np.full(raw.num_rows, None, dtype=object)
+        self.codes = np.zeros(raw.num_rows, dtype=np.int8)  # 0 = fine, i = self.names[i - 1]
+        self.names: list[str] = []
 
-    def flag(self, mask: np.ndarray | pa.Array, reason: str) -> None:
-        arr = np.asarray(mask.to_numpy(zero_copy_only=False) if isinstance(mask, pa.Array | pa.ChunkedArray) else mask)
-        arr = arr.astype(bool)
-        self.reasons[arr & (self.reasons == None)] = reason  # noqa: E711 (elementwise on an object array)
+    def flag(self, mask: np.ndarray | pa.Array | pa.ChunkedArray, reason: str) -> None:
+        if isinstance(mask, pa.Array | pa.ChunkedArray):
+            mask = mask.to_numpy(zero_copy_only=False)
+        hit = np.asarray(mask, dtype=bool) & (self.codes == 0)
+        if hit.any():
+            if reason not in self.names:
+                self.names.append(reason)
+            self.codes[hit] = self.names.index(reason) + 1
 
     @property
     def bad(self) -> np.ndarray:
-        return self.reasons != None  # noqa: E711
+        return self.codes != 0
 
     def split(self, source: str, good: dict[str, pa.Array], schema: pa.Schema) -> tuple[pa.Table, pa.Table]:
         bad = self.bad
-        keep = pa.array(~bad)
-        good_table = pa.table({f.name: good[f.name] for f in schema}).filter(keep)
-        return good_table.cast(schema), quarantine_rows(source, self.reasons, self.raw, bad)
+        table = pa.table({f.name: good[f.name] for f in schema})
+        if not bad.any():
+            return table.cast(schema), empty_quarantine()
+        reasons = np.array([None, *self.names], dtype=object)[self.codes]
+        return table.filter(pa.array(~bad)).cast(schema), quarantine_rows(source, reasons, self.raw, bad)
 
 
 def _string_id(checker: _Checker, column: pa.ChunkedArray | pa.Array, reason: str) -> pa.Array:
     values = pc.cast(column, pa.string())
-    values = pc.utf8_trim_whitespace(values)
-    checker.flag(pc.fill_null(pc.equal(pc.utf8_length(values), 0), True), reason)
+    # Missing: null, empty or only whitespace. Other values are kept exactly as given (no trimming).
+    blank = pc.or_(pc.equal(pc.utf8_length(values), 0), pc.utf8_is_space(values))
+    checker.flag(pc.fill_null(blank, True), reason)
     return values
 
 

@@ -42,6 +42,9 @@ class PipelineConfig(_Section):
     """Knobs of the rollback example pipeline."""
 
     engine: Literal["local", "spark"] = "local"
+    split: Literal["time", "leave_last_out"] = Field(
+        "time", description="time: global label-time boundaries; leave_last_out: each user's last watch is test"
+    )
     max_history: int = Field(50, ge=1, le=10_000)
     max_search_tokens: int = Field(50, ge=0, le=10_000)
     max_examples_per_user: int = Field(20, ge=1)

@@ -263,3 +263,19 @@ def test_exact_duplicates_compares_every_column_and_keeps_the_first():
         False,
         True,
     ]
+
+
+def test_leave_last_out_mode_end_to_end(log_dir, tmp_path):
+    log, _ = log_dir
+    report = run(log, tmp_path / "llo", split="leave_last_out", workers=2, partitions=3)
+    test = read_examples(tmp_path / "llo", "test")
+    validation = read_examples(tmp_path / "llo", "validation")
+    assert test.num_rows == 40  # one per user, every user has 30 watches
+    assert pc.max(pc.value_counts(validation["user_id"]).field("counts")).as_py() == 1
+    train = read_examples(tmp_path / "llo", "train")
+    latest_train: dict[str, object] = {}
+    for u, t in zip(train["user_id"].to_pylist(), train["label_ts"].to_pylist(), strict=True):
+        latest_train[u] = max(t, latest_train.get(u, t))
+    for row in validation.to_pylist():
+        assert latest_train[row["user_id"]] < row["label_ts"]
+    assert report["config"]["split"] == "leave_last_out"

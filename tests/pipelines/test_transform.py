@@ -215,3 +215,27 @@ def test_user_attributes_are_featurised():
     assert row["country"] == 1 and row["device"] == 1 and row["gender"] == 1
     assert row["logged_in"] == 1.0
     assert np.isclose(row["age"], 0.0)  # the only age is the mean
+
+
+def test_leave_last_out_tie_rule():
+    # u: watches at minutes 0, 5, 5, 9, 9 -> test = last row of the minute-9 tie, validation = last of minute 5,
+    # training labels strictly before minute 5; the other tied watches are not labels.
+    watches = [("u", 0, "a"), ("u", 5, "b"), ("u", 5, "c"), ("u", 9, "d"), ("u", 9, "e"), ("w", 3, "a")]
+    events = make_events(watches, [("u", 9, "jazz"), ("u", 4, "cat")])
+    ctx = TransformContext(
+        feature_space(events), 0, 0, min_history=0, max_examples_per_user=100, split_mode="leave_last_out"
+    )
+    out = build_examples(events, ctx).to_pylist()
+    lookup = ctx.features.videos.lookup
+    d, e = lookup(pa.array(["d", "e"])).to_pylist()
+    b, c = lookup(pa.array(["b", "c"])).to_pylist()
+    by_split = {s: [r for r in out if r["user_id"] == "u" and r["split"] == s] for s in (0, 1, 2)}
+    assert len(by_split[2]) == 1 and by_split[2][0]["label"] == max(d, e)  # last in (time, index) order
+    assert len(by_split[1]) == 1 and by_split[1][0]["label"] == max(b, c)
+    assert [r["label_ts"] for r in by_split[0]] == [T0]  # only minute 0 is strictly before the validation time
+    test = by_split[2][0]
+    assert sorted(test["history"]) == sorted(lookup(pa.array(["a", "b", "c"])).to_pylist())  # ties at 9 excluded
+    assert len(test["search_tokens"]) == 1  # "cat" at 4; "jazz" at 9 is a tie
+    assert test["example_age_days"] == 0
+    # A user with a single watch has only a test label.
+    assert [r["split"] for r in out if r["user_id"] == "w"] == [2]
