@@ -143,7 +143,7 @@ def build_examples(events: pa.Table, ctx: TransformContext) -> pa.Table:
     search_tokens = _search_tokens(events, all_users, all_ts, user[rows], ts[rows], ctx)
     label_rows = events.take(pa.array(rows_of_events[rows]))
     attrs = _user_attributes(label_rows, ctx)
-    example_age = np.where(split[rows] == 0, (ctx.validation_start_us - ts[rows]) / _US_PER_DAY, 0.0).astype(np.float32)
+    example_age = np.where(split[rows] == 0, (window_end[rows] - ts[rows]) / _US_PER_DAY, 0.0).astype(np.float32)
 
     columns = {
         "user_id": label_rows["user_id"].combine_chunks(),
