@@ -100,6 +100,10 @@ class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
     learning_rate: float = Field(0.1, gt=0)
     seed: int = 0
+    head: Literal["per_example", "shared"] = Field(
+        "per_example",
+        description="per_example: S_i = {y_i} + TopK(u_i), cost B*(K+m); shared: S = union over the batch, B*(|S|+m)",
+    )
     top_k: int = Field(32, ge=1, description="K: head classes per example from the index")
     top_k_fetch: int = Field(64, ge=1, description="K' > K fetched from the stale index, re-scored exactly")
     uniform_samples: int = Field(2048, ge=1, description="m: uniform tail samples shared by the batch")

@@ -18,15 +18,10 @@ from recsys.config import ModelConfig, TrainConfig
 from recsys.errors import InputError
 from recsys.metrics import dot_scorer, label_ranks, metrics_from_ranks, popularity_scorer
 from recsys.model import PAD, TwoTower, build_model, feature_signature
-from recsys.softmax import (
-    estimator_diagnostics,
-    full_softmax_loss,
-    inbatch_softmax_loss,
-    sample_classes,
-    sampled_softmax_from_sample,
-)
+from recsys.softmax import estimator_diagnostics
 from recsys.sparse_optim import SparseAdagrad
 from training.data import Batch, ExampleSet, batches_per_epoch, iterate_batches, to_batch
+from training.losses import LossHead
 from training.miner import NegativeMiner
 
 STATE_FILE = "state.json"
@@ -68,28 +63,6 @@ class TrainState:
         return cls(**data)
 
 
-def log_uniform_sample(
-    y: tf.Tensor, n: int, num_sampled: int, rng: tf.random.Generator
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Log-uniform (Zipfian) candidates drawn with a checkpointable generator, with their expected counts.
-
-    Same distribution and expected counts as tf.random.log_uniform_candidate_sampler(unique=False), but the draw is
-    part of the checkpointed state, so a resumed run samples exactly what an uninterrupted one would.
-    """
-    log_range = math.log(n + 1.0)
-    uniform = rng.uniform([num_sampled], dtype=tf.float64)
-    sampled = tf.cast(tf.floor(tf.exp(uniform * log_range)), tf.int64) - 1
-    sampled = tf.clip_by_value(sampled, 0, n - 1)
-
-    def expected(classes: tf.Tensor) -> tf.Tensor:
-        c = tf.cast(classes, tf.float64)
-        q = tf.math.log((c + 2.0) / (c + 1.0)) / log_range
-        return tf.cast(q * num_sampled, tf.float32)
-
-    labels = tf.reshape(tf.cast(y, tf.int64), [-1, 1])
-    return sampled, expected(labels), expected(sampled)
-
-
 class Trainer:
     """Owns the model, the optimizer, the loss head and the miner for one run."""
 
@@ -107,8 +80,8 @@ class Trainer:
         counts = data.label_counts()
         # Frequency share of each video as a training label, smoothed so unseen videos keep a finite log q.
         q = (counts + 1.0) / (counts.sum() + len(counts))
-        self.log_q = tf.constant(np.log(q), tf.float32)
         self.label_counts = counts
+        self.loss_head = LossHead(cfg, self.n, np.log(q), self.rng)
         self.miner: NegativeMiner | None = None
         if cfg.loss == "topk_random":
             self.miner = NegativeMiner(
@@ -135,38 +108,12 @@ class Trainer:
         self._train_step = tf.function(self._step, input_signature=[spec, label_spec, cand_spec], reduce_retracing=True)
         self._user_vectors = tf.function(lambda f: self.model.tower(f, training=False), input_signature=[spec])
 
-    # --------------------------------------------------------------------------------------------- the loss
-    def _loss(self, u: tf.Tensor, y: tf.Tensor, features: dict[str, tf.Tensor], candidates: tf.Tensor) -> tf.Tensor:
-        out = self.model.output_layer
-        V, b = out.table, out.bias
-        exclude = features["history"] if self.cfg.exclude_history_from_head else None
-        if self.cfg.loss == "full":
-            return full_softmax_loss(u, V, b, y)
-        if self.cfg.loss == "inbatch":
-            return inbatch_softmax_loss(u, V, b, y, tf.gather(self.log_q, y))
-        if self.cfg.loss == "loguniform":
-            sampled = log_uniform_sample(y, self.n, self.cfg.uniform_samples, self.rng)
-            labels = tf.reshape(tf.cast(y, tf.int64), [-1, 1])
-            bias = b if b is not None else tf.zeros([self.n])
-            return tf.reduce_mean(
-                tf.nn.sampled_softmax_loss(
-                    weights=V,
-                    biases=bias,
-                    labels=labels,
-                    inputs=u,
-                    num_sampled=self.cfg.uniform_samples,
-                    num_classes=self.n,
-                    sampled_values=sampled,
-                    remove_accidental_hits=True,
-                )
-            )
-        sample = sample_classes(y, candidates, self.n, self.cfg.uniform_samples, self.rng)
-        return sampled_softmax_from_sample(u, V, b, y, sample, exclude)
-
     def _step(self, features: dict[str, tf.Tensor], y: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             u = self.model.tower(features, training=True)
-            loss = self._loss(u, y, features, candidates)
+            exclude = features["history"] if self.cfg.exclude_history_from_head else None
+            out = self.model.output_layer
+            loss = self.loss_head(u, out.table, out.bias, y, candidates, exclude)
         variables = self.model.trainable_variables
         grads = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(grads, variables, strict=True))
@@ -210,7 +157,14 @@ class Trainer:
         # A separate generator so diagnostics never shift the training draws (resume stays exact).
         diag_rng = tf.random.Generator.from_seed(self.cfg.seed + 7919 + step)
         result = estimator_diagnostics(
-            u, out.table, out.bias, tf.constant(batch["label"]), tf.constant(cands), self.cfg.uniform_samples, diag_rng
+            u,
+            out.table,
+            out.bias,
+            tf.constant(batch["label"]),
+            tf.constant(cands),
+            self.cfg.uniform_samples,
+            diag_rng,
+            per_example=self.cfg.head == "per_example",
         )
         if self.miner is not None and self.miner.index is not None:
             result["index_recall"] = self.miner.recall_of_true_topk(u.numpy(), k=self.cfg.top_k)
@@ -403,4 +357,4 @@ def _plots(state: TrainState, out: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["PAD", "TrainState", "Trainer", "log_uniform_sample", "train"]
+__all__ = ["PAD", "TrainState", "Trainer", "train"]

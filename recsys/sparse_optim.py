@@ -1,0 +1,152 @@
+"""Sparse SGD and Adagrad for gathered embedding tables (the output table V and its bias).
+
+A sampled loss touches a few thousand rows of a table with millions. Keras 3's Adagrad densifies the gradient and
+rewrites the whole accumulator every step, and a naive sparse apply squares repeated rows separately: with
+gradient slices g1, g2 for the same row it adds g1² + g2² to the accumulator instead of (g1 + g2)². Here the
+IndexedSlices are first deduplicated (tf.unique + unsorted_segment_sum) and then applied to those rows only, of the
+variable and of its accumulator. Dense gradients (the tower's weights) are applied densely with the same rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import tensorflow as tf
+
+__all__ = ["SparseAdagrad", "SparseSGD", "deduplicate", "tf_variable"]
+
+
+def tf_variable(var: Any) -> tf.Variable:
+    """The underlying tf.Variable of a tf.Variable or a Keras 3 (TensorFlow backend) variable."""
+    if isinstance(var, tf.Variable):
+        return var
+    inner = getattr(var, "value", None)
+    if isinstance(inner, tf.Variable):
+        return inner
+    raise TypeError(f"expected a tf.Variable or a Keras variable, got {type(var).__name__}")
+
+
+def deduplicate(indices: tf.Tensor, values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Sum the value slices of repeated indices: returns (unique indices [k], summed values [k, ...])."""
+    indices = tf.reshape(indices, [-1])
+    unique, pos = tf.unique(indices)
+    summed = tf.math.unsorted_segment_sum(values, pos, tf.size(unique))
+    return unique, summed
+
+
+def _learning_rate(lr: float | tf.Variable, dtype: tf.DType) -> tf.Tensor:
+    """The current learning rate as a scalar tensor of the variable's dtype."""
+    return tf.cast(lr, dtype)
+
+
+class SparseSGD:
+    """Plain SGD whose sparse path scatters into the touched rows only."""
+
+    def __init__(self, learning_rate: float | tf.Variable) -> None:
+        """Keep the learning rate (a float, or a tf.Variable to change it during training)."""
+        self.learning_rate = learning_rate
+
+    def apply(self, var: Any, indices: tf.Tensor, values: tf.Tensor) -> None:
+        """var[i] -= lr · Σ values for each distinct row i in indices; other rows are not written."""
+        v = tf_variable(var)
+        unique, summed = deduplicate(indices, values)
+        lr = _learning_rate(self.learning_rate, v.dtype)
+        v.scatter_sub(tf.IndexedSlices(lr * tf.cast(summed, v.dtype), unique))
+
+    def apply_dense(self, var: Any, grad: tf.Tensor) -> None:
+        """var -= lr · grad for a dense gradient."""
+        v = tf_variable(var)
+        v.assign_sub(_learning_rate(self.learning_rate, v.dtype) * tf.cast(grad, v.dtype))
+
+    def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]]) -> None:
+        """Apply (gradient, variable) pairs: IndexedSlices sparsely, tensors densely, None skipped."""
+        for grad, var in grads_and_vars:
+            if grad is None:
+                continue
+            if isinstance(grad, tf.IndexedSlices):
+                self.apply(var, grad.indices, grad.values)
+            else:
+                self.apply_dense(var, grad)
+
+
+class SparseAdagrad:
+    """Adagrad (accum += g²; var -= lr·g / (sqrt(accum) + ε)) with a true sparse path.
+
+    Same rule and defaults as Keras' Adagrad except that Keras puts ε inside the square root; with the accumulator
+    starting at 0.1 the two differ by ~1e-7 relative.
+
+    Accumulators are created on first use (outside any tf.function graph, via init_scope) or up front with
+    ``build``; call ``build`` before the first traced step if the step may be traced more than once.
+    """
+
+    def __init__(
+        self, learning_rate: float | tf.Variable, initial_accumulator: float = 0.1, epsilon: float = 1e-7
+    ) -> None:
+        """Keep the hyper-parameters; accumulators start at ``initial_accumulator`` like Keras' Adagrad."""
+        if initial_accumulator < 0:
+            raise ValueError("initial_accumulator must be >= 0")
+        self.learning_rate = learning_rate
+        self.initial_accumulator = initial_accumulator
+        self.epsilon = epsilon
+        self._accumulators: dict[Any, tf.Variable] = {}
+
+    def build(self, variables: Iterable[Any]) -> None:
+        """Create the accumulators of these variables now."""
+        for var in variables:
+            self.accumulator(var)
+
+    def accumulator(self, var: Any) -> tf.Variable:
+        """The accumulator slot of var (same shape and dtype), created on first request."""
+        v = tf_variable(var)
+        key = v.ref()
+        acc = self._accumulators.get(key)
+        if acc is None:
+            with tf.init_scope():
+                acc = tf.Variable(
+                    tf.fill(v.shape, tf.cast(self.initial_accumulator, v.dtype)),
+                    trainable=False,
+                    name=f"{v.name.split(':')[0]}_adagrad_accum",
+                )
+            self._accumulators[key] = acc
+        return acc
+
+    def apply(self, var: Any, indices: tf.Tensor, values: tf.Tensor) -> None:
+        """Sparse Adagrad step on the distinct rows of indices, with repeated rows' gradients summed first."""
+        v = tf_variable(var)
+        acc = self.accumulator(v)
+        unique, summed = deduplicate(indices, values)
+        tf.raw_ops.ResourceSparseApplyAdagradV2(
+            var=v.handle,
+            accum=acc.handle,
+            lr=_learning_rate(self.learning_rate, v.dtype),
+            epsilon=tf.cast(self.epsilon, v.dtype),
+            grad=tf.cast(summed, v.dtype),
+            indices=unique,
+            use_locking=False,
+            update_slots=True,
+        )
+
+    def apply_dense(self, var: Any, grad: tf.Tensor) -> None:
+        """Dense Adagrad step (for the tower's ordinary weights)."""
+        v = tf_variable(var)
+        acc = self.accumulator(v)
+        tf.raw_ops.ResourceApplyAdagradV2(
+            var=v.handle,
+            accum=acc.handle,
+            lr=_learning_rate(self.learning_rate, v.dtype),
+            epsilon=tf.cast(self.epsilon, v.dtype),
+            grad=tf.cast(grad, v.dtype),
+            use_locking=False,
+            update_slots=True,
+        )
+
+    def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]]) -> None:
+        """Apply (gradient, variable) pairs: IndexedSlices sparsely, tensors densely, None skipped."""
+        for grad, var in grads_and_vars:
+            if grad is None:
+                continue
+            if isinstance(grad, tf.IndexedSlices):
+                self.apply(var, grad.indices, grad.values)
+            else:
+                self.apply_dense(var, grad)

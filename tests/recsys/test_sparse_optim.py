@@ -1,0 +1,146 @@
+"""Sparse Adagrad/SGD: repeated rows summed before squaring, and rows outside the step's classes left untouched."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from recsys import softmax as sm
+from recsys.sparse_optim import SparseAdagrad, SparseSGD, deduplicate, tf_variable
+
+LR, INIT, EPS = 0.3, 0.1, 1e-7
+
+
+def _dense_adagrad(var: np.ndarray, acc: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reference Adagrad step on a dense gradient, in float64."""
+    acc = acc + grad**2
+    return var - LR * grad / (np.sqrt(acc) + EPS), acc
+
+
+def _repeated_gradient(n: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IndexedSlices-style (indices, values) with repeated rows, and the equivalent dense gradient."""
+    rng = np.random.default_rng(0)
+    indices = np.array([3, 7, 3, 12, 3, 7, 0])
+    values = rng.normal(size=(len(indices), d)).astype(np.float32)
+    dense = np.zeros((n, d), np.float64)
+    np.add.at(dense, indices, values.astype(np.float64))
+    return indices, values, dense
+
+
+def test_deduplicate_sums_repeats() -> None:
+    indices, values, dense = _repeated_gradient(20, 3)
+    uniq, summed = deduplicate(tf.constant(indices), tf.constant(values))
+    assert sorted(uniq.numpy().tolist()) == [0, 3, 7, 12]
+    np.testing.assert_allclose(summed.numpy(), dense[uniq.numpy()], rtol=1e-6)
+
+
+def test_sparse_adagrad_matches_dense_reference_with_repeats() -> None:
+    n, d = 20, 4
+    init = np.random.default_rng(1).normal(size=(n, d)).astype(np.float32)
+    indices, values, dense = _repeated_gradient(n, d)
+    var = tf.Variable(init)
+    opt = SparseAdagrad(LR, initial_accumulator=INIT, epsilon=EPS)
+    ref_v, ref_a = init.astype(np.float64), np.full((n, d), INIT)
+    for _ in range(3):  # several steps so the accumulator history matters
+        opt.apply(var, tf.constant(indices), tf.constant(values))
+        ref_v, ref_a = _dense_adagrad(ref_v, ref_a, dense)
+    np.testing.assert_allclose(var.numpy(), ref_v, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(opt.accumulator(var).numpy(), ref_a, rtol=1e-5)
+    untouched = np.setdiff1d(np.arange(n), indices)
+    assert np.array_equal(var.numpy()[untouched], init[untouched])
+    assert np.array_equal(opt.accumulator(var).numpy()[untouched], np.full((len(untouched), d), np.float32(INIT)))
+
+
+def test_naive_sparse_apply_is_wrong_with_repeats() -> None:
+    # The same raw op fed the repeated slices directly squares them separately: the reference above tells them apart.
+    n, d = 20, 4
+    indices, values, dense = _repeated_gradient(n, d)
+    var = tf.Variable(tf.zeros([n, d]))
+    acc = tf.Variable(tf.fill([n, d], INIT))
+    tf.raw_ops.ResourceSparseApplyAdagradV2(
+        var=var.handle,
+        accum=acc.handle,
+        lr=tf.constant(LR),
+        epsilon=tf.constant(EPS),
+        grad=tf.constant(values),
+        indices=tf.constant(indices),
+    )
+    _, ref_a = _dense_adagrad(np.zeros((n, d)), np.full((n, d), INIT), dense)
+    assert not np.allclose(acc.numpy()[3], ref_a[3], rtol=1e-3)
+
+
+def test_sparse_adagrad_bias_vector_and_tf_function() -> None:
+    n = 10
+    b = tf.Variable(tf.zeros([n]))
+    opt = SparseAdagrad(LR, initial_accumulator=INIT, epsilon=EPS)
+    opt.build([b])
+
+    @tf.function
+    def step(idx: tf.Tensor, vals: tf.Tensor) -> None:
+        opt.apply(b, idx, vals)
+
+    step(tf.constant([1, 1, 4]), tf.constant([0.5, 0.25, -1.0]))
+    step(tf.constant([4, 2]), tf.constant([1.0, 2.0]))  # different shape: a second trace must not add slots
+    ref_v, ref_a = np.zeros(n), np.full(n, INIT)
+    for g in ({1: 0.75, 4: -1.0}, {4: 1.0, 2: 2.0}):
+        dense = np.zeros(n)
+        for k, v in g.items():
+            dense[k] = v
+        ref_v, ref_a = _dense_adagrad(ref_v, ref_a, dense)
+    np.testing.assert_allclose(b.numpy(), ref_v, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(opt.accumulator(b).numpy(), ref_a, rtol=1e-5)
+
+
+def test_sparse_sgd_matches_reference() -> None:
+    n, d = 20, 4
+    init = np.random.default_rng(2).normal(size=(n, d)).astype(np.float32)
+    indices, values, dense = _repeated_gradient(n, d)
+    var = tf.Variable(init)
+    SparseSGD(LR).apply(var, tf.constant(indices), tf.constant(values))
+    np.testing.assert_allclose(var.numpy(), init - LR * dense, rtol=1e-5, atol=1e-6)
+
+
+def test_dense_path_and_keras_variable() -> None:
+    layer = keras.layers.Dense(3)
+    layer.build((None, 2))
+    kernel = layer.kernel
+    before = tf_variable(kernel).numpy().copy()
+    grad = np.ones((2, 3), np.float32)
+    opt = SparseAdagrad(LR, initial_accumulator=INIT, epsilon=EPS)
+    opt.apply_gradients([(tf.constant(grad), kernel), (None, layer.bias)])
+    ref_v, _ = _dense_adagrad(before.astype(np.float64), np.full((2, 3), INIT), grad.astype(np.float64))
+    np.testing.assert_allclose(tf_variable(kernel).numpy(), ref_v, rtol=1e-5)
+    with pytest.raises(TypeError):
+        tf_variable(np.zeros(3))
+
+
+def test_step_touches_only_sampled_rows() -> None:
+    n, d, batch = 3000, 16, 32
+    rng = np.random.default_rng(3)
+    V = tf.Variable(rng.normal(size=(n, d)).astype(np.float32))
+    b = tf.Variable(rng.normal(size=(n,)).astype(np.float32))
+    u = tf.constant(rng.normal(size=(batch, d)).astype(np.float32))
+    y = tf.constant(rng.integers(0, n, batch), tf.int64)
+    cand = tf.constant(rng.integers(0, 200, (batch, 8)), tf.int64)  # heavy overlap: many repeated rows
+    V0, b0 = V.numpy().copy(), b.numpy().copy()
+    opt = SparseAdagrad(0.1)
+    opt.build([V, b])
+    sample = sm.sample_classes(y, cand, n, 64, tf.random.Generator.from_seed(0))
+    with tf.GradientTape() as tape:
+        loss = sm.sampled_softmax_from_sample(u, V, b, y, sample)
+    grads = tape.gradient(loss, [V, b])
+    assert all(isinstance(g, tf.IndexedSlices) for g in grads)
+    opt.apply_gradients(zip(grads, [V, b], strict=True))
+
+    touched = np.zeros(n, bool)
+    touched[sample.indices.numpy()] = True
+    assert touched[y.numpy()].all()
+    outside = ~touched
+    assert np.array_equal(V.numpy()[outside], V0[outside])
+    assert np.array_equal(b.numpy()[outside], b0[outside])
+    assert np.array_equal(opt.accumulator(V).numpy()[outside], np.full((outside.sum(), d), np.float32(0.1)))
+    assert np.array_equal(opt.accumulator(b).numpy()[outside], np.full(outside.sum(), np.float32(0.1)))
+    # And the step did move the sampled rows.
+    assert (np.abs(V.numpy()[touched] - V0[touched]).sum(axis=1) > 0).mean() > 0.99
