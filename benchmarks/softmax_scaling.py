@@ -99,8 +99,6 @@ def measure(loss: str, n: int, steps: int, cfg_kw: dict[str, Any], seed: int = 0
         amortised = (refresh["readd_s"] + refresh["build_train_s"] / retrain_every) / cfg.refresh_every
         out |= {"search_s": statistics.median(search_times), "refresh_amortised_s": amortised, **refresh}
         out["step_s"] += amortised
-    del V, b, optimizer, miner
-    gc.collect()
     return out
 
 
@@ -132,6 +130,7 @@ def main() -> None:
         for n in sizes:
             steps = max(3, args.steps // 3) if loss == "full" and n >= 1_000_000 else args.steps
             detail = measure(loss, n, steps, cfg_kw)
+            gc.collect()  # frees the previous size's tables (1M x 256 plus accumulators) before the next
             result["step_s"][loss][str(n)] = round(detail["step_s"], 5)
             result["detail"][f"{loss}@{n}"] = {k: round(v, 5) for k, v in detail.items()}
             print(f"{loss:12s} n={n:>9,d}  {detail['step_s'] * 1000:9.1f} ms/step  {detail}", flush=True)
