@@ -252,22 +252,40 @@ def per_example_log_partition(
     if b is not None:
         head_logits += tf.gather(b, head)
     label_logit = head_logits[:, 0]
-    t = tf.cast(t, tf.int64)
+    # Tail columns in sorted order, so membership of any per-example id in T is a binary search over T.
+    t = tf.sort(tf.cast(t, tf.int64))
     size_t = tf.size(t, out_type=tf.int64)
     log_w = tf.where(size_t > 0, math.log(n) - tf.math.log(tf.cast(tf.maximum(size_t, 1), tf.float32)), 0.0)
     tail_logits = _logits(u, V, b, t) + tf.cast(log_w, u.dtype)
-    t_rows = tf.broadcast_to(tf.expand_dims(t, 0), tf.shape(tail_logits, out_type=tf.int64))
-    drop_tail = _row_member(t_rows, tf.where(head_valid, head, -1))
+    # Drop from example i's tail the T columns that are in S_i (and in its exclusion list): B*(K+1) searches
+    # into T instead of a [B, |T|] membership test.
+    drop_ids = tf.where(head_valid, head, -1)
     drop_head = tf.logical_not(head_valid)
     if exclude is not None:
         excl = tf.where(tf.equal(tf.cast(exclude, tf.int64), tf.expand_dims(y, 1)), -1, tf.cast(exclude, tf.int64))
         drop_head |= _row_member(head, excl)
-        drop_tail |= _row_member(t_rows, excl)
+        drop_ids = tf.concat([drop_ids, excl], axis=1)
+    tail_logits += _tail_mask(t, drop_ids, tail_logits.dtype)
     neg_inf = tf.constant(_NEG_INF, head_logits.dtype)
     head_logits = tf.where(drop_head, neg_inf, head_logits)
-    tail_logits = tf.where(drop_tail, neg_inf, tail_logits)
     log_z_hat = tf.reduce_logsumexp(tf.concat([head_logits, tail_logits], axis=1), axis=1)
     return log_z_hat, label_logit
+
+
+def _tail_mask(t_sorted: tf.Tensor, ids: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """Additive mask [B, |T|]: -inf at (i, j) when t_sorted[j] is among ids[i] (negative ids are padding)."""
+    batch = tf.shape(ids, out_type=tf.int64)[0]
+    size_t = tf.size(t_sorted, out_type=tf.int64)
+    flat = tf.reshape(ids, [-1])
+    rows = tf.repeat(tf.range(batch), tf.shape(ids, out_type=tf.int64)[1])
+    pos = tf.searchsorted(t_sorted, flat, side="left", out_type=tf.int64)
+    safe = tf.minimum(pos, tf.maximum(size_t - 1, 0))
+    hit = (flat >= 0) & (pos < size_t) & tf.equal(tf.gather(t_sorted, safe), flat)
+    hit = tf.logical_and(hit, size_t > 0)
+    where = tf.stack([tf.boolean_mask(rows, hit), tf.boolean_mask(pos, hit)], axis=1)
+    # Repeated hits add -inf more than once, which is still -inf.
+    updates = tf.fill([tf.shape(where)[0]], tf.constant(_NEG_INF, dtype))
+    return tf.scatter_nd(where, updates, tf.stack([batch, size_t]))
 
 
 def topk_random_loss_per_example(
