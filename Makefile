@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= out/demo
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format bench-pipeline clean
+.PHONY: install demo test test-fast lint format bench-pipeline bench-softmax clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,10 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(BIN)/recsys generate --out $(DEMO_DIR)/data --users 5000 --videos 20000 --events 400000
 	$(BIN)/recsys pipeline --events $(DEMO_DIR)/data --out $(DEMO_DIR)/examples
-	@echo "demo: examples and report under $(DEMO_DIR)/examples (report.json)"
+	$(BIN)/recsys train --examples $(DEMO_DIR)/examples --out $(DEMO_DIR)/run --loss topk_random \
+		--epochs 5 --hidden 256 --embedding-dim 64 --batch-size 512 --learning-rate 0.5
+	$(BIN)/recsys evaluate --run $(DEMO_DIR)/run --split test
+	@echo "demo: examples in $(DEMO_DIR)/examples, model, report.json and curves.png in $(DEMO_DIR)/run"
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -38,6 +41,9 @@ format: install
 
 bench-pipeline: install
 	$(BIN)/python benchmarks/pipeline.py --events 10000000 --json benchmarks/results/pipeline.json
+
+bench-softmax: install
+	$(BIN)/python benchmarks/softmax_scaling.py --json benchmarks/results/softmax_scaling.json
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
