@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from pipelines.transform import TransformContext, leave_last_out_window_end, to_us
+from pipelines.transform import SPLIT_COLUMN, TransformContext, leave_last_out_window_end, to_us
 from pipelines.validate import exact_duplicates, quarantine_rows
 from recsys.config import PipelineConfig
 from recsys.errors import InputError
@@ -24,7 +27,7 @@ from recsys.features import (
     merge_counts,
     tokenize,
 )
-from recsys.schemas import SEARCH_EVENTS, TIMESTAMP, USER_EVENTS, USERS, WATCH_EVENTS
+from recsys.schemas import EXAMPLES, SEARCH_EVENTS, SPLITS, TIMESTAMP, USER_EVENTS, USERS, WATCH_EVENTS
 
 WATCH_KEYS = [f.name for f in WATCH_EVENTS]
 SEARCH_KEYS = [f.name for f in SEARCH_EVENTS]
@@ -193,6 +196,32 @@ def user_events(watches: pa.Table, searches: pa.Table, users: pa.Table) -> pa.Ta
     for name in attrs.column_names:
         events = events.append_column(name, attrs[name])
     return events.select([f.name for f in USER_EVENTS]).cast(USER_EVENTS)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, **options: Any) -> None:
+    """Write a Parquet file under a temporary name and rename it, so a retried task replaces it whole."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, partial, **options)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_example_shards(examples: pa.Table, out: Path, part: int) -> dict[str, int]:
+    """Route the transform's rows to one shard per split (`out/<split>/part-NNNNN.parquet`); rows per split."""
+    codes = examples[SPLIT_COLUMN].to_numpy()
+    counts: dict[str, int] = {}
+    for code, split in enumerate(SPLITS):
+        rows = np.flatnonzero(codes == code)
+        counts[split] = len(rows)
+        if len(rows):
+            shard = examples.take(pa.array(rows)).select(EXAMPLES.names).cast(EXAMPLES)
+            # Dictionary pages only pay off for the repeated user ids; on the id lists they double the write time.
+            write_parquet_atomic(
+                shard, out / split / f"part-{part:05d}.parquet", compression="lz4", use_dictionary=["user_id"]
+            )
+    return counts
 
 
 def reason_counts(quarantine: pa.Table | None) -> dict[str, dict[str, int]]:

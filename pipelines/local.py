@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from pipelines import common
 from pipelines.sources import Inputs, iter_batches, parquet_row_groups
-from pipelines.transform import SPLIT_COLUMN, TransformContext, build_examples, user_hashes
+from pipelines.transform import TransformContext, build_examples, user_hashes
 from pipelines.validate import validate_searches, validate_users, validate_watches
 from recsys.config import PipelineConfig
 from recsys.errors import InputError
@@ -233,16 +233,7 @@ def _transform_partition(args: tuple[Path, Path, int]) -> dict[str, int]:
         events = ipc.open_file(source).read_all()
     examples = build_examples(events, _worker_ctx)
     clean_path.unlink()
-    counts: dict[str, int] = {}
-    codes = examples[SPLIT_COLUMN].to_numpy()
-    for code, split in enumerate(SPLITS):
-        rows = np.flatnonzero(codes == code)
-        counts[split] = len(rows)
-        if len(rows):
-            shard = examples.take(pa.array(rows)).select(EXAMPLES.names).cast(EXAMPLES)
-            # Dictionary pages only pay off for the repeated user ids; on the id lists they cost 2x the write time.
-            pq.write_table(shard, out / split / f"part-{p:05d}.parquet", compression="lz4", use_dictionary=["user_id"])
-    return counts
+    return common.write_example_shards(examples, out, p)
 
 
 def _pool(workers: int, ctx: TransformContext | None = None) -> ProcessPoolExecutor:
@@ -252,7 +243,8 @@ def _pool(workers: int, ctx: TransformContext | None = None) -> ProcessPoolExecu
     return ProcessPoolExecutor(**kwargs)
 
 
-def _choose_partitions(inputs: Inputs, cfg: PipelineConfig, workers: int) -> int:
+def choose_partitions(inputs: Inputs, cfg: PipelineConfig, workers: int) -> int:
+    """Number of user-hash partitions: the configured one, else enough that each holds ~48 MB of input."""
     if cfg.partitions:
         return cfg.partitions
     size = sum(
@@ -266,7 +258,7 @@ def _choose_partitions(inputs: Inputs, cfg: PipelineConfig, workers: int) -> int
 def run_local(inputs: Inputs, tmp: Path, cfg: PipelineConfig, progress: bool = True) -> dict[str, Any]:
     """Run the whole pipeline with the local engine, writing everything under tmp; returns the report."""
     workers = cfg.workers or os.cpu_count() or 1
-    partitions = _choose_partitions(inputs, cfg, workers)
+    partitions = choose_partitions(inputs, cfg, workers)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     work = tmp / "_work"

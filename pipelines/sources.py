@@ -60,7 +60,8 @@ def resolve_inputs(
     return Inputs(events=events, searches=searches, users=users, videos=videos)
 
 
-def _format_of(path: Path) -> str:
+def format_of(path: Path) -> str:
+    """The reader a path needs (parquet, csv, arrow or dataset), from its extension."""
     name = path.name.lower()
     if path.is_dir():
         return "dataset"
@@ -76,7 +77,8 @@ def _format_of(path: Path) -> str:
     )
 
 
-def _check_columns(path: Path, schema: pa.Schema, required: Sequence[str]) -> None:
+def check_columns(path: Path, schema: pa.Schema, required: Sequence[str]) -> None:
+    """Fail clearly when a table lacks a required column."""
     missing = [c for c in required if c not in schema.names]
     if missing:
         raise InputError(f"{path}: missing column(s) {missing}; found {schema.names}")
@@ -84,7 +86,7 @@ def _check_columns(path: Path, schema: pa.Schema, required: Sequence[str]) -> No
 
 def parquet_row_groups(path: Path, required: Sequence[str]) -> int | None:
     """Number of row groups of a Parquet file (checked for columns), None for other formats."""
-    if not path.is_file() or _format_of(path) != "parquet":
+    if not path.is_file() or format_of(path) != "parquet":
         return None
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
@@ -92,7 +94,7 @@ def parquet_row_groups(path: Path, required: Sequence[str]) -> int | None:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{path}: not a readable parquet file ({exc})") from exc
-    _check_columns(path, pf.schema_arrow, required)
+    check_columns(path, pf.schema_arrow, required)
     return int(pf.num_row_groups)
 
 
@@ -102,7 +104,7 @@ def iter_batches(
     """Stream a table file in record batches, failing clearly on an empty, mislabelled or incomplete file."""
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
-    fmt = _format_of(path)
+    fmt = format_of(path)
     if path.is_file() and path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
     try:
@@ -110,14 +112,14 @@ def iter_batches(
             yield from _parquet_batches(path, required, batch_rows, row_groups)
         elif fmt == "dataset":
             dataset = ds.dataset(path, format="parquet")
-            _check_columns(path, dataset.schema, required)
+            check_columns(path, dataset.schema, required)
             yield from dataset.to_batches(batch_size=batch_rows)
         elif fmt == "csv":
             yield from _csv_batches(path, required)
         else:
             with pa.memory_map(str(path)) as source:
                 reader = ipc.open_file(source)
-                _check_columns(path, reader.schema, required)
+                check_columns(path, reader.schema, required)
                 for i in range(reader.num_record_batches):
                     yield reader.get_batch(i)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
@@ -130,7 +132,7 @@ def _parquet_batches(
     path: Path, required: Sequence[str], batch_rows: int, row_groups: list[int] | None
 ) -> Iterator[pa.RecordBatch]:
     pf = pq.ParquetFile(path)
-    _check_columns(path, pf.schema_arrow, required)
+    check_columns(path, pf.schema_arrow, required)
     yield from pf.iter_batches(batch_size=batch_rows, row_groups=row_groups)
 
 
@@ -143,11 +145,14 @@ def _csv_batches(path: Path, required: Sequence[str]) -> Iterator[pa.RecordBatch
         read_options=pacsv.ReadOptions(block_size=64 << 20),
         parse_options=pacsv.ParseOptions(delimiter=delimiter),
         convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in ("user_id", "video_id", "ts", "watch_seconds", "query")},
+            column_types={
+                c: pa.string()
+                for c in ("user_id", "video_id", "ts", "watch_seconds", "query", "country", "device", "gender")
+            },
             strings_can_be_null=True,
         ),
     ) as reader:
-        _check_columns(path, reader.schema, required)
+        check_columns(path, reader.schema, required)
         yield from reader
 
 

@@ -108,6 +108,8 @@ def _parse_one(text: Any) -> int | None:
 def _timestamp(checker: _Checker, column: pa.ChunkedArray | pa.Array) -> pa.Array:
     """Timestamps as UTC microseconds: timestamp columns as they are, integers as epoch seconds, text parsed."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
     checker.flag(pc.is_null(arr), "missing_timestamp")
     if pa.types.is_timestamp(arr.type):
         micros = pc.cast(arr, pa.timestamp("us", tz=arr.type.tz or "UTC")).cast(pa.int64())

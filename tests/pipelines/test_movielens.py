@@ -106,9 +106,7 @@ def test_detect_layout(zip_100k: Path, zip_1m: Path, zip_latest: Path, tmp_path:
     assert detect_layout(zip_100k) == "100k"
     assert detect_layout(zip_1m) == "1m"
     assert detect_layout(zip_latest) == "latest"
-    flat = _zip(
-        tmp_path / "flat.zip", {"ratings.dat": RATINGS_DAT, "users.dat": USERS_DAT, "movies.dat": MOVIES_DAT}
-    )
+    flat = _zip(tmp_path / "flat.zip", {"ratings.dat": RATINGS_DAT, "users.dat": USERS_DAT, "movies.dat": MOVIES_DAT})
     assert detect_layout(flat) == "1m"
     assert read_movielens(flat).events.num_rows == 3
 
@@ -239,9 +237,7 @@ def test_not_a_zip(tmp_path: Path) -> None:
 
 def test_zip_without_a_layout(tmp_path: Path) -> None:
     path = _zip(tmp_path / "other.zip", {"data/readme.txt": b"hello", "data/ratings.json": b"{}"})
-    with pytest.raises(
-        InputError, match=r"other\.zip: not a MovieLens zip.*u\.data.*ratings\.dat.*ratings\.csv"
-    ):
+    with pytest.raises(InputError, match=r"other\.zip: not a MovieLens zip.*u\.data.*ratings\.dat.*ratings\.csv"):
         read_movielens(path)
 
 
@@ -394,9 +390,7 @@ def test_write_failure_leaves_nothing(zip_1m: Path, tmp_path: Path, monkeypatch:
     assert (out / "events.parquet").read_bytes() == before  # the earlier output is untouched
 
 
-def test_failed_swap_restores_old_output(
-    zip_1m: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_swap_restores_old_output(zip_1m: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tables = read_movielens(zip_1m)
     out = tmp_path / "out"
     write_movielens(tables, out)
