@@ -40,7 +40,29 @@ def _learning_rate(lr: float | tf.Variable, dtype: tf.DType) -> tf.Tensor:
     return tf.cast(lr, dtype)
 
 
-class SparseSGD:
+class _RowSparseOptimizer:
+    """Routes each gradient to the sparse (IndexedSlices) or dense update of a concrete optimizer."""
+
+    def apply(self, var: Any, indices: tf.Tensor, values: tf.Tensor) -> None:
+        """Update only the rows in indices (repeated rows summed first)."""
+        raise NotImplementedError
+
+    def apply_dense(self, var: Any, grad: tf.Tensor) -> None:
+        """Update the whole variable."""
+        raise NotImplementedError
+
+    def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]]) -> None:
+        """Apply (gradient, variable) pairs: IndexedSlices sparsely, tensors densely, None skipped."""
+        for grad, var in grads_and_vars:
+            if grad is None:
+                continue
+            if isinstance(grad, tf.IndexedSlices):
+                self.apply(var, grad.indices, grad.values)
+            else:
+                self.apply_dense(var, grad)
+
+
+class SparseSGD(_RowSparseOptimizer):
     """Plain SGD whose sparse path scatters into the touched rows only."""
 
     def __init__(self, learning_rate: float | tf.Variable) -> None:
@@ -59,18 +81,8 @@ class SparseSGD:
         v = tf_variable(var)
         v.assign_sub(_learning_rate(self.learning_rate, v.dtype) * tf.cast(grad, v.dtype))
 
-    def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]]) -> None:
-        """Apply (gradient, variable) pairs: IndexedSlices sparsely, tensors densely, None skipped."""
-        for grad, var in grads_and_vars:
-            if grad is None:
-                continue
-            if isinstance(grad, tf.IndexedSlices):
-                self.apply(var, grad.indices, grad.values)
-            else:
-                self.apply_dense(var, grad)
 
-
-class SparseAdagrad:
+class SparseAdagrad(_RowSparseOptimizer):
     """Adagrad (accum += g²; var -= lr·g / (sqrt(accum) + ε)) with a true sparse path.
 
     Same rule and defaults as Keras' Adagrad except that Keras puts ε inside the square root; with the accumulator
@@ -140,13 +152,3 @@ class SparseAdagrad:
             use_locking=False,
             update_slots=True,
         )
-
-    def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]]) -> None:
-        """Apply (gradient, variable) pairs: IndexedSlices sparsely, tensors densely, None skipped."""
-        for grad, var in grads_and_vars:
-            if grad is None:
-                continue
-            if isinstance(grad, tf.IndexedSlices):
-                self.apply(var, grad.indices, grad.values)
-            else:
-                self.apply_dense(var, grad)
