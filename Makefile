@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[spark,train,serve,dev]"
+	$(BIN)/python -m pip install -q -e ".[spark,train,serve,bench,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
