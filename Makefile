@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= out/demo
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format bench-pipeline bench-softmax clean
+.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-softmax clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ format: install
 
 bench-pipeline: install
 	$(BIN)/python benchmarks/pipeline.py --events 10000000 --json benchmarks/results/pipeline.json
+
+bench-quality: install
+	$(BIN)/python benchmarks/quality.py --dataset ml-100k --json benchmarks/results/quality_ml100k.json
 
 bench-softmax: install
 	$(BIN)/python benchmarks/softmax_scaling.py --json benchmarks/results/softmax_scaling.json

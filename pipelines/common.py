@@ -266,7 +266,10 @@ def report(
         "quarantined_total": sum(sum(r.values()) for r in quarantined.values()),
         "examples": examples,
         "examples_total": sum(examples.values()),
-        "split": bounds.as_dict(),
+        # Under leave-last-out the boundaries are per user; only the observed time range is global.
+        "split": bounds.as_dict()
+        if cfg.split == "time"
+        else {**bounds.as_dict(), "validation_start": None, "test_start": None, "mode": "leave_last_out"},
         "vocab_sizes": {
             "videos": len(features.videos),
             "tokens": len(features.tokens),

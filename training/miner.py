@@ -27,8 +27,13 @@ _PARALLEL_WORK = 2e7  # multiply-adds below which a search runs on one thread
 log = logging.getLogger(__name__)
 
 
+EXACT_BELOW = 20_000
+
+
 def default_ivf_spec(n: int) -> str:
-    """The default index: IVF with nlist ≈ 4·sqrt(n) lists (at least 1), flat (exact) codes."""
+    """The default index: exact below EXACT_BELOW rows (cheaper than any IVF there), else IVF with ~4*sqrt(n) lists."""
+    if n < EXACT_BELOW:
+        return "Flat"
     return f"IVF{max(1, round(4 * math.sqrt(n)))},Flat"
 
 

@@ -120,6 +120,12 @@ class Trainer:
         return loss
 
     # --------------------------------------------------------------------------------------------- helpers
+    def step(self, step: int, batch: Batch) -> float:
+        """One training step on a batch (mining the top-K head first when the loss needs it); the loss value."""
+        features = {k: batch[k] for k in FEATURE_NAMES}
+        candidates = self.candidates(step, features)
+        return float(self._train_step(features, batch["label"], candidates))
+
     def candidates(self, step: int, features: dict[str, np.ndarray]) -> np.ndarray:
         """Top-K head candidates for this step from the miner (an empty [B, 0] during warm-up or for other losses)."""
         batch = len(features["country"])
@@ -249,9 +255,7 @@ def train(
             window=cfg.shuffle_window,
             skip_batches=state.batch_in_epoch,
         ):
-            features = {k: batch[k] for k in FEATURE_NAMES}
-            candidates = trainer.candidates(state.step, features)
-            loss = float(trainer._train_step(features, batch["label"], candidates))
+            loss = trainer.step(state.step, batch)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {state.step}; last checkpoint kept")
             state.step += 1

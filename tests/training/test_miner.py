@@ -34,7 +34,8 @@ def _exact_topk(q: np.ndarray, table: np.ndarray, k: int, bias: np.ndarray | Non
 
 def test_default_spec() -> None:
     assert default_ivf_spec(1_000_000) == "IVF4000,Flat"
-    assert default_ivf_spec(1) == "IVF4,Flat"
+    assert default_ivf_spec(1) == "Flat"  # exact below EXACT_BELOW rows
+    assert default_ivf_spec(20_000) == "IVF566,Flat"
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -103,7 +104,9 @@ def test_recall_diagnostic() -> None:
 def test_schedule_warmup_refresh_and_retrain() -> None:
     table, _ = _clustered(2000, 8, 10, seed=6)
     V = tf.Variable(table)
-    miner = NegativeMiner(V, k=4, k_prime=8, refresh_every=10, warmup_steps=20, retrain_every=3)
+    miner = NegativeMiner(
+        V, k=4, k_prime=8, refresh_every=10, warmup_steps=20, retrain_every=3, index_spec="IVF40,Flat"
+    )
     assert not miner.topk_enabled(0) and not miner.topk_enabled(19) and miner.topk_enabled(20)
     kinds = []
     for step in range(100):

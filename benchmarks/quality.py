@@ -1,0 +1,839 @@
+"""Retrieval quality of the four losses, popularity, ALS and BPR under two protocols, measured in one run.
+
+    python benchmarks/quality.py --dataset ml-100k --json benchmarks/results/quality_ml100k.json
+    python benchmarks/quality.py --dataset ml-100k --movielens ml-1m.zip --json benchmarks/results/quality_ml1m.json
+    python benchmarks/quality.py --dataset synthetic --json benchmarks/results/quality_synthetic.json
+    python benchmarks/quality.py --dataset synthetic --videos 1000000 --budget-seconds 300 --json quality_1m.json
+
+Protocols (each one pipeline run over the same raw log):
+- time_split: global label-time boundaries (MovieLens: the last 14 days are test, the 14 before validation,
+  <= 200 examples per user and split; synthetic: the pipeline's defaults);
+- leave_last_out: each user's last watch is the test label, the last watch strictly before it the validation label,
+  history <= 50 watches: the protocol of DeepMatch's published ML-1M figures (recall@50 = hit rate, one target).
+
+Methods, all scored by `recsys.metrics.label_ranks` over the FULL catalogue with exact scores (OOV label = miss,
+index 0 never retrievable, no exclusion unless --exclude-history, which hides the example's history for every method):
+- the two-tower model trained with each loss (full, loguniform, inbatch, topk_random): same model, same data, same
+  budget (epochs, early stopping on validation recall@100), the best epoch scored on test;
+- popularity (training label counts);
+- implicit's ALS (CPU), user factor folded in from each example's own history (the history the two-tower sees);
+- implicit's BPR (CPU), scored from the user factors it learned on the training window (it cannot fold in).
+ALS and BPR are fitted on every (user, video) watch of the training window (time split: ts < validation_start;
+leave-last-out: each user's watches strictly before that user's validation label) and their hyperparameters are
+picked on the validation split from a small grid (recorded in meta). Nothing is tuned on test.
+
+Budget mode (--budget-seconds, implied by --videos >= 1000000): only the sampled losses, each trained for the same
+wall-clock time in a loop around `training.train.Trainer`, then scored on (a seeded subset of) test, with the share
+of each top-100 whose planted topic is one of the user's planted interests beside popularity's.
+
+Writes the JSON (metrics per protocol and method + meta) and `<json stem>.ranks.npz` with every method's per-example
+test ranks under "<protocol>/<method>" (same example order for every method), for intervals and paired tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python benchmarks/quality.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+import tensorflow as tf
+
+from benchmarks.baselines import (
+    AlsParams,
+    BprParams,
+    als_scorer,
+    bpr_scorer,
+    fit_als,
+    fit_bpr,
+    grid,
+    grid_search,
+    interaction_matrix,
+)
+from pipelines.movielens import read_movielens
+from pipelines.pipeline import run_pipeline
+from pipelines.sources import resolve_inputs
+from pipelines.synthetic import generate
+from pipelines.transform import leave_last_out_window_end, to_us
+from recsys.config import GeneratorConfig, ModelConfig, PipelineConfig, TrainConfig, with_overrides
+from recsys.features import FeatureSpace
+from recsys.metrics import Scorer, dot_scorer, label_ranks, metrics_from_ranks, popularity_scorer
+from recsys.schemas import OOV_INDEX, TIMESTAMP
+from training.data import Batch, ExampleSet, iterate_batches, to_batch
+from training.evaluate import evaluate_run, load_run, user_vectors
+from training.train import BIAS_FILE, EMBEDDINGS_FILE, Trainer, train
+
+PROTOCOLS = ("time_split", "leave_last_out")
+LOSSES = ("full", "loguniform", "inbatch", "topk_random")
+SAMPLED_LOSSES = ("loguniform", "inbatch", "topk_random")
+METHODS = (*LOSSES, "popularity", "als", "bpr")
+LEARNED = (*LOSSES, "als", "bpr")
+METRIC_KEYS = ("recall@10", "recall@50", "recall@100", "ndcg@10", "map")
+DEFAULT_MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k.zip"
+# DeepMatch's published ML-1M recall@50 (leave-last-out, history 50, every item ranked): printed beside ours.
+DEEPMATCH_ML1M_RECALL50 = {"YoutubeDNN": 0.337, "DSSM (in-batch)": 0.355, "SDM": 0.475}
+ALS_GRID = {
+    "factors": (16, 32, 64, 128),
+    "regularization": (0.01, 0.1, 1.0),
+    "alpha": (1.0, 10.0, 40.0),
+    "iterations": (15,),
+}
+BPR_GRID = {
+    "factors": (32, 64, 128),
+    "learning_rate": (0.01, 0.05),
+    "regularization": (0.001, 0.01),
+    "iterations": (100,),
+}
+WELL_ABOVE = 0.10  # "well above popularity": >= 10% relative gain in recall@100 and a paired 95% CI above zero
+WITHIN = 0.02  # topk_random recall@100 may fall at most 2% (relative) below full softmax
+BPR_NOTE = (
+    "implicit's BPR cannot fold in a history: each example is scored with the factors its user learned on the "
+    "training window (users without training interactions get the item-bias term only)"
+)
+_T0 = time.perf_counter()
+
+
+def log(message: str) -> None:
+    """One progress line with the seconds elapsed since start."""
+    print(f"[{time.perf_counter() - _T0:7.1f}s] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------- configuration
+def pipeline_config(kind: str, protocol: str) -> PipelineConfig:
+    """The example pipeline for one dataset kind ("movielens" or "synthetic") and protocol."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}")
+    if kind == "movielens":
+        if protocol == "time_split":
+            return PipelineConfig(split="time", test_days=14, validation_days=14, max_examples_per_user=200)
+        return PipelineConfig(split="leave_last_out", max_history=50, max_examples_per_user=200)
+    if protocol == "time_split":
+        return PipelineConfig()
+    return PipelineConfig(split="leave_last_out", max_history=50)
+
+
+def model_configs(kind: str, epochs: int | None, budget: bool) -> tuple[ModelConfig, TrainConfig]:
+    """The model and the training budget shared by every loss (MovieLens: the known working ML-100K config)."""
+    model = ModelConfig(hidden=[256], embedding_dim=64)
+    if kind == "movielens":
+        cfg = TrainConfig(
+            batch_size=256,
+            epochs=15,
+            learning_rate=0.4,
+            uniform_samples=256,
+            top_k=16,
+            top_k_fetch=32,
+            warmup_steps=50,
+            refresh_every=50,
+            patience=3,
+        )
+    else:  # synthetic: not tuned; m and K around sqrt(n) as the design suggests
+        cfg = TrainConfig(
+            batch_size=1024,
+            epochs=5,
+            learning_rate=0.4,
+            uniform_samples=2048 if budget else 1024,
+            top_k=32,
+            top_k_fetch=64,
+            warmup_steps=200,
+            refresh_every=200 if budget else 100,
+            patience=2,
+        )
+    if epochs is not None:
+        cfg = with_overrides(cfg, epochs=epochs)
+    return model, cfg
+
+
+# --------------------------------------------------------------------------------------------- data
+@dataclass
+class Prepared:
+    """A dataset ready for the benchmark: the raw watch log, one pipeline output per protocol, ground truth."""
+
+    name: str
+    kind: str  # "movielens" | "synthetic"
+    events: pa.Table  # user_id, video_id, ts
+    examples: dict[str, Path]
+    truth: Path | None = None
+    pipeline: dict[str, Any] = field(default_factory=dict)
+
+
+def _cached_pipeline(inputs_path: Path, out: Path, cfg: PipelineConfig) -> dict[str, Any]:
+    """Run the pipeline into `out`, or reuse a previous output made with the same config and input."""
+    key = {"inputs": str(inputs_path.resolve()), "config": cfg.model_dump(mode="json")}
+    key_file = out.with_name(out.name + ".key.json")
+    if (out / "report.json").is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
+        return json.loads((out / "report.json").read_text())
+    report = run_pipeline(resolve_inputs(inputs_path), out, cfg, overwrite=True, progress=False)
+    key_file.write_text(json.dumps(key) + "\n")
+    return report
+
+
+def _pipeline_meta(cfg: PipelineConfig, report: dict[str, Any]) -> dict[str, Any]:
+    keep = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("engine", "workers", "partitions")}
+    return {
+        "config": keep,
+        "examples": report["examples"],
+        "split": report["split"],
+        "quarantined": report.get("quarantined_total"),
+    }
+
+
+def prepare_movielens(zip_path: Path, work: Path, protocols: Sequence[str]) -> Prepared:
+    """Read a MovieLens zip (layout detected by the adapter) and build the examples of each protocol."""
+    tables = read_movielens(zip_path)
+    prepared = Prepared(
+        name=f"ml-{tables.layout}",
+        kind="movielens",
+        events=tables.events.select(["user_id", "video_id", "ts"]),
+        examples={},
+    )
+    for protocol in protocols:
+        cfg = pipeline_config("movielens", protocol)
+        out = work / f"examples-{protocol}"
+        report = _cached_pipeline(zip_path, out, cfg)
+        prepared.examples[protocol] = out
+        prepared.pipeline[protocol] = _pipeline_meta(cfg, report)
+    return prepared
+
+
+def prepare_synthetic(gen: GeneratorConfig, work: Path, protocols: Sequence[str]) -> Prepared:
+    """Generate (or reuse) a synthetic watch log and build the examples of each protocol."""
+    data = work / f"synthetic-u{gen.users}-v{gen.videos}-e{gen.events}-s{gen.seed}"
+    manifest = data / "manifest.json"
+    if not (manifest.is_file() and json.loads(manifest.read_text())["config"] == gen.model_dump()):
+        if data.exists():
+            shutil.rmtree(data)
+        generate(gen, data, progress=False)
+    prepared = Prepared(
+        name=f"synthetic-{gen.videos}",
+        kind="synthetic",
+        events=pq.read_table(data / "events.parquet", columns=["user_id", "video_id", "ts"]),
+        examples={},
+        truth=data / "truth",
+    )
+    for protocol in protocols:
+        cfg = pipeline_config("synthetic", protocol)
+        out = work / f"examples-{data.name}-{protocol}"
+        report = _cached_pipeline(data, out, cfg)
+        prepared.examples[protocol] = out
+        prepared.pipeline[protocol] = _pipeline_meta(cfg, report)
+    return prepared
+
+
+def training_window(
+    events: pa.Table, protocol: str, split: dict[str, Any], features: FeatureSpace
+) -> tuple[pa.Array, sp.csr_matrix]:
+    """Distinct users and their (user x video index) watch counts in the training window, OOV videos dropped."""
+    valid = pc.and_(pc.is_valid(events["user_id"]), pc.is_valid(events["video_id"]))
+    events = events.filter(valid)
+    ts = events["ts"].cast(TIMESTAMP).cast(pa.int64()).to_numpy()
+    if protocol == "time_split":
+        keep = ts < to_us(datetime.fromisoformat(split["validation_start"]))
+    else:  # strictly before the user's validation label (the test label for a user without one)
+        keep = ts < leave_last_out_window_end(events["user_id"], ts)
+    window = events.filter(pa.array(keep))
+    users = pc.dictionary_encode(window["user_id"].combine_chunks())
+    items = features.videos.lookup(window["video_id"]).to_numpy()
+    rows = users.indices.to_numpy(zero_copy_only=False)
+    matrix = interaction_matrix(rows, items, len(users.dictionary), len(features.videos))
+    return users.dictionary, matrix
+
+
+def user_rows(user_ids: pa.Array | pa.ChunkedArray, dictionary: pa.Array) -> np.ndarray:
+    """Row of each example's user in the training matrix (-1 for a user without training interactions)."""
+    found = pc.index_in(user_ids, value_set=dictionary)
+    if isinstance(found, pa.ChunkedArray):
+        found = found.combine_chunks()
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def score_chunk(n_videos: int) -> int:
+    """Examples per scoring chunk so that one float64 score block stays near 512 MB."""
+    return int(max(8, min(1024, (1 << 26) // max(n_videos, 1))))
+
+
+# --------------------------------------------------------------------------------------------- results
+def shape_results(
+    metrics: dict[str, dict[str, dict[str, float]]],
+    protocols: Sequence[str] = PROTOCOLS,
+    methods: Sequence[str] = METHODS,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The JSON body: protocol -> method -> exactly METRIC_KEYS (missing protocols, methods or metrics raise)."""
+    return {
+        protocol: {method: {k: float(metrics[protocol][method][k]) for k in METRIC_KEYS} for method in methods}
+        for protocol in protocols
+    }
+
+
+def ranks_file(json_path: Path) -> Path:
+    """Where the per-example ranks go: `<json stem>.ranks.npz` beside the JSON."""
+    return json_path.with_name(json_path.stem + ".ranks.npz")
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, k: int = 100) -> dict[str, float]:
+    """Mean of hit@k(a) - hit@k(b) over the same examples with a normal-approximation paired 95% interval."""
+    diff = (a < k).astype(np.float64) - (b < k).astype(np.float64)
+    n = len(diff)
+    mean = float(diff.mean()) if n else 0.0
+    se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    return {"diff": mean, "ci95_low": mean - 1.96 * se, "ci95_high": mean + 1.96 * se}
+
+
+def check_targets(metrics: dict[str, dict[str, float]], ranks: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The quality targets on test recall@100, each with the measured values, a paired 95% CI and holds/fails."""
+    r = {m: v["recall@100"] for m, v in metrics.items()}
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, a: str, b: str, holds: bool, rel: float) -> None:
+        pair = paired_difference(ranks[a], ranks[b])
+        checks.append({"check": name, "holds": bool(holds), "a": r[a], "b": r[b], "relative": rel, **pair})
+
+    def relative(a: str, b: str) -> float:
+        return (r[a] - r[b]) / r[b] if r[b] > 0 else math.inf
+
+    tk = "topk_random"
+    if tk in r and "full" in r:
+        rel = relative(tk, "full")
+        add(f"topk_random recall@100 within {WITHIN:.0%} (relative) of full softmax", tk, "full", rel >= -WITHIN, rel)
+    if tk in r and "loguniform" in r:
+        add(
+            "topk_random recall@100 >= loguniform",
+            tk,
+            "loguniform",
+            r[tk] >= r["loguniform"],
+            relative(tk, "loguniform"),
+        )
+    for other in ("inbatch", "als", "bpr"):
+        if tk in r and other in r:
+            op = ">=" if other == "inbatch" else ">"
+            ok = r[tk] >= r[other] if other == "inbatch" else r[tk] > r[other]
+            add(f"topk_random recall@100 {op} {other}", tk, other, ok, relative(tk, other))
+    for method in LEARNED:
+        if method in r and "popularity" in r:
+            rel = relative(method, "popularity")
+            pair = paired_difference(ranks[method], ranks["popularity"])
+            ok = rel >= WELL_ABOVE and pair["ci95_low"] > 0
+            add(f"{method} well above popularity (>= +{WELL_ABOVE:.0%}, CI > 0)", method, "popularity", ok, rel)
+    return checks
+
+
+# --------------------------------------------------------------------------------------------- methods
+def score_two_tower(run_dir: Path, batch: Batch, exclude: np.ndarray | None, chunk: int) -> np.ndarray:
+    """Test ranks of a finished run's best epoch (exactly what `training.evaluate.evaluate_run` computes)."""
+    _, model = load_run(run_dir)
+    scorer = dot_scorer(user_vectors(model, batch), np.load(run_dir / EMBEDDINGS_FILE), np.load(run_dir / BIAS_FILE))
+    return label_ranks(scorer, batch["label"], exclude, chunk)
+
+
+def train_for_budget(
+    examples: Path, model_cfg: ModelConfig, cfg: TrainConfig, seconds: float
+) -> tuple[Trainer, dict[str, Any]]:
+    """Train with one loss until `seconds` of wall-clock have passed (index builds included; no evaluation)."""
+    data = ExampleSet.open(examples)
+    trainer = Trainer(data, model_cfg, cfg)
+    files = data.files("train")
+    step, epoch, loss = 0, 0, float("nan")
+    start = time.perf_counter()
+    out_of_time = False
+    while not out_of_time:
+        batches = iterate_batches(
+            files,
+            cfg.batch_size,
+            data.max_history,
+            data.max_tokens,
+            seed=cfg.seed,
+            epoch=epoch,
+            window=cfg.shuffle_window,
+        )
+        for batch in batches:
+            loss = trainer.step(step, batch)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"{cfg.loss}: loss became {loss} at step {step}")
+            step += 1
+            if time.perf_counter() - start >= seconds:
+                out_of_time = True
+                break
+        epoch += 1
+    seconds_used = time.perf_counter() - start
+    per_epoch = max(data.count("train") // cfg.batch_size, 1)
+    info = {
+        "steps": step,
+        "epochs": round(step / per_epoch, 3),
+        "train_s": round(seconds_used, 2),
+        "last_loss": loss,
+        "miner_refreshes": len(trainer.miner.history) if trainer.miner is not None else 0,
+    }
+    return trainer, info
+
+
+def topic_share(
+    scorer: Scorer,
+    n_rows: int,
+    rows_user: np.ndarray,
+    interests: np.ndarray,
+    video_topic: np.ndarray,
+    exclude: np.ndarray | None,
+    chunk: int,
+    k: int = 100,
+) -> float:
+    """Mean share of each example's top-k whose planted topic is one of its user's planted interests."""
+    shares = np.zeros(n_rows, dtype=np.float64)
+    for lo in range(0, n_rows, chunk):
+        rows = np.arange(lo, min(lo + chunk, n_rows))
+        scores = np.array(scorer(rows), dtype=np.float32)
+        if exclude is not None:
+            r, c = np.nonzero(exclude[rows] >= 0)
+            scores[r, exclude[rows][r, c]] = -np.inf
+        scores[:, OOV_INDEX] = -np.inf
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        topic = video_topic[top]
+        users = rows_user[rows]
+        hit = (topic >= 0) & (users[:, None] >= 0) & interests[np.maximum(users, 0)[:, None], np.maximum(topic, 0)]
+        shares[rows] = hit.mean(axis=1)
+    return float(shares.mean()) if n_rows else 0.0
+
+
+def planted_truth(
+    truth: Path, features: FeatureSpace, test_users: pa.Array
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Topic of each video index (-1 unknown), each test example's user row and the users' planted-interest matrix."""
+    videos = pq.read_table(truth / "video_topics.parquet")
+    interests = pq.read_table(truth / "user_interests.parquet")
+    index = features.videos.lookup(videos["video_id"]).to_numpy()
+    topics = videos["topic"].to_numpy()
+    video_topic = np.full(len(features.videos), -1, dtype=np.int64)
+    known = index != OOV_INDEX
+    video_topic[index[known]] = topics[known]
+    users = pc.unique(test_users)
+    rows = user_rows(interests["user_id"], users)
+    n_topics = int(max(topics.max(), interests["topic"].to_numpy().max())) + 1
+    matrix = np.zeros((len(users), n_topics), dtype=bool)
+    have = rows >= 0
+    matrix[rows[have], interests["topic"].to_numpy()[have]] = True
+    return video_topic, user_rows(test_users, users), matrix
+
+
+@dataclass
+class ProtocolRun:
+    """What one protocol produced: test metrics and ranks per method, and its meta."""
+
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    ranks: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def run_baselines(
+    prepared: Prepared,
+    protocol: str,
+    data: ExampleSet,
+    validation: Batch,
+    validation_users: pa.ChunkedArray,
+    test: Batch,
+    test_users: pa.ChunkedArray,
+    exclude: np.ndarray | None,
+    chunk: int,
+    seed: int,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """ALS (fold-in) and BPR (learned user factors) picked on validation, then ranked on test."""
+    split = prepared.pipeline[protocol]["split"]
+    dictionary, matrix = training_window(prepared.events, protocol, split, data.features)
+    log(f"{protocol}: ALS/BPR training window: {matrix.shape[0]} users, {matrix.nnz} (user, video) pairs")
+    ranks: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {"training_users": matrix.shape[0], "training_pairs": int(matrix.nnz)}
+
+    t0 = time.perf_counter()
+    als = grid_search(
+        grid(AlsParams, **ALS_GRID),
+        lambda p: fit_als(matrix, p, seed=seed),
+        lambda m: als_scorer(m, validation["history"]),
+        validation["label"],
+        chunk=chunk,
+    )
+    ranks["als"] = label_ranks(als_scorer(als.model, test["history"]), test["label"], exclude, chunk)
+    meta["als"] = {
+        "grid": ALS_GRID,
+        "chosen": als.chosen["params"],
+        "chosen_validation": als.chosen["validation"],
+        "fit_s": als.chosen["fit_s"],
+        "grid_s": round(time.perf_counter() - t0, 2),
+        "points": als.points,
+        "scoring": "fold-in: closed-form least squares on each example's own history (implicit recalculate_user)",
+    }
+    log(
+        f"{protocol}: ALS chose {als.chosen['params']} "
+        f"(validation recall@100 {als.chosen['validation']['recall@100']:.4f})"
+    )
+
+    t0 = time.perf_counter()
+    val_rows = user_rows(validation_users, dictionary)
+    bpr = grid_search(
+        grid(BprParams, **BPR_GRID),
+        lambda p: fit_bpr(matrix, p, seed=seed),
+        lambda m: bpr_scorer(m, val_rows),
+        validation["label"],
+        chunk=chunk,
+    )
+    test_rows = user_rows(test_users, dictionary)
+    ranks["bpr"] = label_ranks(bpr_scorer(bpr.model, test_rows), test["label"], exclude, chunk)
+    meta["bpr"] = {
+        "grid": BPR_GRID,
+        "chosen": bpr.chosen["params"],
+        "chosen_validation": bpr.chosen["validation"],
+        "fit_s": bpr.chosen["fit_s"],
+        "grid_s": round(time.perf_counter() - t0, 2),
+        "points": bpr.points,
+        "scoring": BPR_NOTE,
+        "test_examples_without_user_factors": int((test_rows < 0).sum()),
+    }
+    log(
+        f"{protocol}: BPR chose {bpr.chosen['params']} "
+        f"(validation recall@100 {bpr.chosen['validation']['recall@100']:.4f})"
+    )
+    return ranks, meta
+
+
+def run_protocol(
+    prepared: Prepared,
+    protocol: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    work: Path,
+    args: argparse.Namespace,
+) -> ProtocolRun:
+    """Every method of the main mode on one protocol's examples."""
+    examples = prepared.examples[protocol]
+    data = ExampleSet.open(examples)
+    n = data.sizes.videos
+    chunk = score_chunk(n)
+    test_table = data.read("test")
+    # The same validation examples the two-tower's early stopping scores (train() reads the first eval_max_examples).
+    val_table = data.read("validation", train_cfg.eval_max_examples)
+    test = to_batch(test_table, data.max_history, data.max_tokens)
+    validation = to_batch(val_table, data.max_history, data.max_tokens)
+    exclude = test["history"] if args.exclude_history else None
+    out = ProtocolRun()
+    out.meta = {
+        "videos": n,
+        "examples": {"train": data.count("train"), "validation": data.count("validation"), "test": len(test["label"])},
+        "validation_scored": len(validation["label"]),
+        "test_oov_labels": int((test["label"] == OOV_INDEX).sum()),
+        "pipeline": prepared.pipeline[protocol],
+        "losses": {},
+    }
+    log(f"{protocol}: {out.meta['examples']} examples, {n} videos in the vocabulary")
+
+    for loss in args.losses:
+        run_dir = work / "runs" / f"{prepared.name}-{protocol}" / loss
+        shutil.rmtree(run_dir, ignore_errors=True)
+        t0 = time.perf_counter()
+        report = train(examples, run_dir, model_cfg, with_overrides(train_cfg, loss=loss), progress=args.progress)
+        wall = time.perf_counter() - t0
+        out.ranks[loss] = score_two_tower(run_dir, test, exclude, chunk)
+        mine = metrics_from_ranks(out.ranks[loss])
+        best = report["epochs"][report["best_epoch"] - 1]
+        entry: dict[str, Any] = {
+            "wall_s": round(wall, 2),
+            "timings_s": report["timings_s"],
+            "steps": report["steps"],
+            "epochs_run": report["epochs_run"],
+            "best_epoch": report["best_epoch"],
+            "stopped_early": report["stopped_early"],
+            "validation_best": {k: best[k] for k in METRIC_KEYS},
+        }
+        if len(test["label"]) * n <= 5e8:  # cross-check against the project's own evaluation of the run
+            official = evaluate_run(run_dir, "test", exclude_history=args.exclude_history)["model"]
+            entry["evaluate_run_agrees"] = all(abs(official[k] - mine[k]) < 1e-9 for k in METRIC_KEYS)
+        out.meta["losses"][loss] = entry
+        out.meta.setdefault("validation_popularity", {k: report["validation_popularity"][k] for k in METRIC_KEYS})
+        log(
+            f"{protocol}: {loss}: {report['epochs_run']} epochs (best {report['best_epoch']}) in {wall:.0f} s, "
+            f"validation recall@100 {best['recall@100']:.4f}, test recall@100 {mine['recall@100']:.4f}"
+        )
+        tf.keras.backend.clear_session()
+
+    out.ranks["popularity"] = label_ranks(popularity_scorer(data.label_counts()), test["label"], exclude, chunk)
+    if not args.skip_baselines:
+        ranks, meta = run_baselines(
+            prepared,
+            protocol,
+            data,
+            validation,
+            val_table["user_id"],
+            test,
+            test_table["user_id"],
+            exclude,
+            chunk,
+            args.seed,
+        )
+        out.ranks |= ranks
+        out.meta |= meta
+    out.metrics = {m: metrics_from_ranks(r) for m, r in out.ranks.items()}
+    out.meta["checks"] = check_targets(out.metrics, out.ranks)
+    return out
+
+
+def run_budget_protocol(
+    prepared: Prepared,
+    protocol: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    args: argparse.Namespace,
+) -> ProtocolRun:
+    """The sampled losses at an equal wall-clock budget each, plus popularity and the planted-topic shares."""
+    examples = prepared.examples[protocol]
+    data = ExampleSet.open(examples)
+    n = data.sizes.videos
+    chunk = score_chunk(n)
+    test_table = data.read("test")
+    if args.max_test_examples and test_table.num_rows > args.max_test_examples:
+        pick = np.sort(np.random.default_rng(args.seed).choice(test_table.num_rows, args.max_test_examples, False))
+        test_table = test_table.take(pa.array(pick))
+    test = to_batch(test_table, data.max_history, data.max_tokens)
+    exclude = test["history"] if args.exclude_history else None
+    truth = planted_truth(prepared.truth, data.features, test_table["user_id"]) if prepared.truth else None
+    out = ProtocolRun()
+    out.meta = {
+        "videos": n,
+        "examples": {"train": data.count("train"), "validation": data.count("validation"), "test": len(test["label"])},
+        "test_subset_of": data.count("test"),
+        "budget_seconds": args.budget_seconds,
+        "pipeline": prepared.pipeline[protocol],
+        "losses": {},
+        "topic_share@100": {},
+    }
+    log(f"{protocol}: {out.meta['examples']} examples, {n} videos in the vocabulary")
+
+    def share(scorer: Scorer) -> float | None:
+        if truth is None:
+            return None
+        video_topic, rows_user, interests = truth
+        return topic_share(scorer, len(test["label"]), rows_user, interests, video_topic, exclude, max(chunk // 2, 8))
+
+    for loss in args.losses:
+        trainer, info = train_for_budget(examples, model_cfg, with_overrides(train_cfg, loss=loss), args.budget_seconds)
+        layer = trainer.model.output_layer
+        bias = layer.bias.numpy() if layer.bias is not None else None
+        scorer = dot_scorer(trainer.user_vectors(test), layer.table.numpy(), bias)
+        out.ranks[loss] = label_ranks(scorer, test["label"], exclude, chunk)
+        out.meta["losses"][loss] = info
+        out.meta["topic_share@100"][loss] = share(scorer)
+        log(
+            f"{protocol}: {loss}: {info['steps']} steps ({info['epochs']} epochs) in {info['train_s']} s, "
+            f"test recall@100 {metrics_from_ranks(out.ranks[loss])['recall@100']:.4f}"
+        )
+        del trainer
+        tf.keras.backend.clear_session()
+    popularity = popularity_scorer(data.label_counts())
+    out.ranks["popularity"] = label_ranks(popularity, test["label"], exclude, chunk)
+    out.meta["topic_share@100"]["popularity"] = share(popularity)
+    out.metrics = {m: metrics_from_ranks(r) for m, r in out.ranks.items()}
+    out.meta["checks"] = check_targets(out.metrics, out.ranks)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- output
+def training_seconds(run: ProtocolRun) -> dict[str, float]:
+    """Wall-clock training seconds per method (two-tower: train() incl. per-epoch validation; ALS/BPR: chosen fit)."""
+    out = {loss: float(info.get("wall_s", info.get("train_s", 0.0))) for loss, info in run.meta["losses"].items()}
+    out |= {b: float(run.meta[b]["fit_s"]) for b in ("als", "bpr") if b in run.meta}
+    return out
+
+
+def format_table(protocol: str, run: ProtocolRun, dataset: str) -> str:
+    """A readable table of one protocol: validation and test metrics, training time, the checks."""
+    meta = run.meta
+    lines = [
+        f"== {protocol} | {dataset} | {meta['examples']['test']} test examples | {meta['videos']} videos "
+        f"| train {meta['examples']['train']} | validation {meta['examples']['validation']} ==",
+        f"{'method':<12} {'val R@100':>9} {'R@10':>7} {'R@50':>7} {'R@100':>7} {'NDCG@10':>8} {'MAP':>7} "
+        f"{'train s':>8}  notes",
+    ]
+    for method, m in run.metrics.items():
+        val, secs, note = "", "", ""
+        if method in meta.get("losses", {}):
+            info = meta["losses"][method]
+            if "validation_best" in info:
+                val = f"{info['validation_best']['recall@100']:.4f}"
+                note = f"best epoch {info['best_epoch']}/{info['epochs_run']}"
+            else:
+                note = f"{info['steps']} steps, {info['epochs']} epochs"
+            secs = f"{info.get('wall_s', info.get('train_s')):.0f}"
+        elif method in ("als", "bpr") and method in meta:
+            val = f"{meta[method]['chosen_validation']['recall@100']:.4f}"
+            secs = f"{meta[method]['fit_s']:.1f}"
+            note = ", ".join(f"{k}={v}" for k, v in meta[method]["chosen"].items())
+            if method == "bpr":
+                note += " (no fold-in)"
+        elif method == "popularity" and "validation_popularity" in meta:
+            val = f"{meta['validation_popularity']['recall@100']:.4f}"
+        share = meta.get("topic_share@100", {}).get(method)
+        if share is not None:
+            note += f" topic share@100 {share:.3f}"
+        lines.append(
+            f"{method:<12} {val:>9} {m['recall@10']:>7.4f} {m['recall@50']:>7.4f} {m['recall@100']:>7.4f} "
+            f"{m['ndcg@10']:>8.4f} {m['map']:>7.4f} {secs:>8}  {note}"
+        )
+    lines.append("targets (test recall@100; CI: paired 95% interval of the hit-rate difference):")
+    for c in meta["checks"]:
+        lines.append(
+            f"  [{'HOLDS' if c['holds'] else 'FAILS'}] {c['check']}: {c['a']:.4f} vs {c['b']:.4f} "
+            f"({c['relative']:+.1%}; diff {c['diff']:+.4f}, CI [{c['ci95_low']:+.4f}, {c['ci95_high']:+.4f}]"
+            f"{'' if c['ci95_low'] > 0 or c['ci95_high'] < 0 else ', not significant'})"
+        )
+    return "\n".join(lines)
+
+
+def format_deepmatch(run: ProtocolRun) -> str:
+    """Our leave-last-out recall@50 beside DeepMatch's published ML-1M figures (their code, their runs)."""
+    lines = ["ML-1M leave-last-out recall@50 (hit rate), ours beside DeepMatch's published figures:"]
+    lines += [f"  ours {m:<12} {v['recall@50']:.4f}" for m, v in run.metrics.items()]
+    lines += [f"  DeepMatch {name:<18} {value:.3f}" for name, value in DEEPMATCH_ML1M_RECALL50.items()]
+    return "\n".join(lines)
+
+
+def _versions() -> dict[str, str]:
+    import faiss
+    import implicit
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "implicit": implicit.__version__,
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "pyarrow": pa.__version__,
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["ml-100k", "synthetic"], default="ml-100k")
+    parser.add_argument("--movielens", type=Path, default=None, help="a MovieLens zip (100K, 1M or latest)")
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--epochs", type=int, default=None, help="epoch cap of every loss (default: 15 / 5)")
+    parser.add_argument("--workdir", type=Path, default=None, help="kept and reused (default: a temp dir, removed)")
+    parser.add_argument("--protocols", default=None, help="comma-separated subset of " + ",".join(PROTOCOLS))
+    parser.add_argument("--exclude-history", action="store_true", help="hide each example's history, every method")
+    parser.add_argument("--skip-baselines", action="store_true", help="no ALS/BPR (the JSON then lacks them)")
+    parser.add_argument("--videos", type=int, default=50_000, help="synthetic catalogue size")
+    parser.add_argument("--users", type=int, default=None, help="synthetic users (default 20000; 30000 at 1M)")
+    parser.add_argument("--events", type=int, default=None, help="synthetic events (default 1M; 3M at 1M videos)")
+    parser.add_argument("--budget-seconds", type=float, default=None, help="equal wall-clock budget per loss")
+    parser.add_argument("--max-test-examples", type=int, default=None, help="budget mode test subset (default 5000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress", action="store_true", help="show training progress bars")
+    args = parser.parse_args(argv)
+    if args.movielens is not None and args.dataset != "ml-100k":
+        parser.error("--movielens goes with --dataset ml-100k (the zip's layout is detected)")
+    big = args.dataset == "synthetic" and args.videos >= 1_000_000
+    if args.budget_seconds is None and big:
+        args.budget_seconds = 300.0
+    args.budget = args.budget_seconds is not None
+    if args.budget and args.dataset != "synthetic":
+        parser.error("--budget-seconds is a synthetic-data mode")
+    args.users = args.users or (30_000 if big else 20_000)
+    args.events = args.events or (3_000_000 if big else 1_000_000)
+    if args.budget and args.max_test_examples is None:
+        args.max_test_examples = 5000
+    default_protocols = ("time_split",) if args.budget else PROTOCOLS
+    args.protocols = tuple(args.protocols.split(",")) if args.protocols else default_protocols
+    if unknown := set(args.protocols) - set(PROTOCOLS):
+        parser.error(f"unknown protocol(s) {sorted(unknown)}")
+    args.losses = SAMPLED_LOSSES if args.budget else LOSSES
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Prepare the data, run every method under every protocol, print the tables, write the JSON and the ranks."""
+    args = parse_args(argv)
+    keep_work = args.workdir is not None
+    if keep_work:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        work = args.workdir
+    else:
+        work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
+    started = time.perf_counter()
+    try:
+        if args.dataset == "synthetic":
+            gen = GeneratorConfig(users=args.users, videos=args.videos, events=args.events, seed=1)
+            log(f"synthetic log: {gen.users} users, {gen.videos} videos, {gen.events} events")
+            prepared = prepare_synthetic(gen, work, args.protocols)
+        else:
+            zip_path = args.movielens or DEFAULT_MOVIELENS
+            log(f"MovieLens: {zip_path}")
+            prepared = prepare_movielens(zip_path, work, args.protocols)
+        log(f"examples ready for {', '.join(args.protocols)}")
+        model_cfg, train_cfg = model_configs(prepared.kind, args.epochs, args.budget)
+        runs: dict[str, ProtocolRun] = {}
+        for protocol in args.protocols:
+            if args.budget:
+                runs[protocol] = run_budget_protocol(prepared, protocol, model_cfg, train_cfg, args)
+            else:
+                runs[protocol] = run_protocol(prepared, protocol, model_cfg, train_cfg, work, args)
+    finally:
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+    runtime = time.perf_counter() - started
+
+    methods = [m for m in METHODS if all(m in run.metrics for run in runs.values())]
+    result: dict[str, Any] = shape_results({p: r.metrics for p, r in runs.items()}, args.protocols, methods)
+    result["meta"] = {
+        "dataset": prepared.name,
+        "mode": "equal wall-clock budget, sampled losses only" if args.budget else "same epochs and early stopping",
+        "command": " ".join(sys.argv),
+        "runtime_s": round(runtime, 1),
+        "exclude_history": args.exclude_history,
+        "metrics": "test split, full catalogue, exact scores, tie-averaged ranks (recsys.metrics.label_ranks)",
+        "selection": "two-tower: best epoch by validation recall@100; ALS/BPR: grid point by validation recall@100",
+        "bpr_note": BPR_NOTE,
+        "test_examples": {p: r.meta["examples"]["test"] for p, r in runs.items()},
+        "checks": {p: r.meta["checks"] for p, r in runs.items()},
+        "hyperparameters": {
+            "two_tower": {
+                "model": model_cfg.model_dump(mode="json"),
+                "train": train_cfg.model_dump(mode="json", exclude={"loss"}),
+                "losses": list(args.losses),
+            },
+            **{b: {p: r.meta[b]["chosen"] for p, r in runs.items() if b in r.meta} for b in ("als", "bpr")},
+        },
+        "training_s": {p: training_seconds(r) for p, r in runs.items()},
+        "protocols": {p: {k: v for k, v in r.meta.items() if k != "checks"} for p, r in runs.items()},
+        "ranks_file": ranks_file(args.json).name,
+        "versions": _versions(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    arrays: dict[str, Any] = {f"{p}/{m}": r.ranks[m] for p, r in runs.items() for m in r.ranks}
+    np.savez_compressed(ranks_file(args.json), **arrays)
+
+    print()
+    for protocol, run in runs.items():
+        print(format_table(protocol, run, prepared.name))
+        if protocol == "leave_last_out" and prepared.name == "ml-1m":
+            print(format_deepmatch(run))
+        print()
+    print(f"runtime {runtime:.0f} s; wrote {args.json} and {ranks_file(args.json)}")
+
+
+if __name__ == "__main__":
+    main()

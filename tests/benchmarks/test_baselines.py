@@ -1,0 +1,192 @@
+"""The quality benchmark's ALS/BPR wrappers, its training-window cut and its JSON shape (fast, tiny data)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import scipy.sparse as sp
+
+from benchmarks.baselines import (
+    AlsParams,
+    BprParams,
+    als_fold_in,
+    als_scorer,
+    bpr_scorer,
+    bpr_user_factors,
+    fit_als,
+    fit_bpr,
+    grid,
+    grid_search,
+    history_matrix,
+    interaction_matrix,
+    least_squares_user_factors,
+)
+from benchmarks.quality import (
+    METHODS,
+    METRIC_KEYS,
+    PROTOCOLS,
+    check_targets,
+    paired_difference,
+    ranks_file,
+    shape_results,
+    training_window,
+)
+from recsys.features import FeatureSpace, NumericStats, Vocabulary, count_values
+from recsys.metrics import label_ranks, metrics_from_ranks
+from recsys.model import PAD
+
+N_ITEMS = 41  # index 0 is OOV, items 1..20 are group A, 21..40 group B
+
+
+def planted(seed: int = 0) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """60 users in two taste groups; each watched 8 of its group's 20 items and holds out one more as the label."""
+    rng = np.random.default_rng(seed)
+    users, items, labels, histories = [], [], [], []
+    for u in range(60):
+        group = np.arange(1, 21) if u < 30 else np.arange(21, 41)
+        picked = rng.choice(group, size=9, replace=False)
+        users += [u] * 8
+        items += list(picked[:8])
+        labels.append(picked[8])
+        histories.append(picked[:8])
+    matrix = interaction_matrix(np.array(users), np.array(items), 60, N_ITEMS)
+    return matrix, np.array(labels, dtype=np.int32), np.array(histories, dtype=np.int32)
+
+
+def test_interaction_and_history_matrices_count_and_drop_oov_and_padding():
+    m = interaction_matrix(np.array([0, 0, 1, 1]), np.array([3, 3, 0, 2]), 2, 5)
+    assert m.toarray().tolist() == [[0, 0, 0, 2, 0], [0, 0, 1, 0, 0]]
+    h = history_matrix(np.array([[PAD, PAD, 4], [0, 2, 2]], dtype=np.int32), 5)
+    assert h.toarray().tolist() == [[0, 0, 0, 0, 1], [0, 0, 2, 0, 0]]
+
+
+def test_als_fold_in_ranks_planted_items_far_above_chance():
+    matrix, labels, histories = planted()
+    model = fit_als(matrix, AlsParams(factors=4, regularization=1.0, alpha=10.0, iterations=15))
+    ranks = label_ranks(als_scorer(model, histories), labels)
+    # The label is one of the 12 unseen items of the user's group among 40 items: chance recall@20 is ~0.5.
+    assert metrics_from_ranks(ranks, ks=(20,))["recall@20"] >= 0.9
+
+
+def test_bpr_user_factors_rank_planted_items_far_above_chance():
+    matrix, labels, _ = planted()
+    params = BprParams(factors=4, learning_rate=0.05, regularization=0.01, iterations=200)
+    model = fit_bpr(matrix, params, threads=1)  # one thread: BPR's parallel SGD is not reproducible
+    ranks = label_ranks(bpr_scorer(model, np.arange(60)), labels)
+    assert metrics_from_ranks(ranks, ks=(20,))["recall@20"] >= 0.8
+
+
+def test_bpr_unknown_user_gets_the_item_bias_only():
+    matrix, _, _ = planted()
+    model = fit_bpr(matrix, BprParams(factors=4, iterations=5))
+    factors = bpr_user_factors(model, np.array([3, -1]))
+    np.testing.assert_array_equal(factors[0], model.user_factors[3])
+    assert factors[1].tolist() == [0.0] * (factors.shape[1] - 1) + [1.0]
+
+
+@pytest.mark.parametrize("alpha", [1.0, 7.5])
+def test_fold_in_equals_the_closed_form_least_squares(alpha):
+    matrix, _, _ = planted(seed=1)
+    model = fit_als(matrix, AlsParams(factors=6, regularization=0.3, alpha=alpha, iterations=5))
+    rows = sp.csr_matrix(
+        np.array([[0, 1, 0, 2, 0] + [0] * 36, [0] * 41, [0] * 20 + [1, 1, 3] + [0] * 18], dtype=np.float32)
+    )
+    ours = least_squares_user_factors(model.item_factors, rows, 0.3, alpha)
+    implicit_own = als_fold_in(model, rows)
+    np.testing.assert_allclose(implicit_own, ours, rtol=1e-3, atol=1e-4)
+    assert np.all(implicit_own[1] == 0)  # an empty history folds in to the zero vector
+
+
+def test_grid_search_keeps_the_best_validation_point():
+    matrix, labels, histories = planted()
+    result = grid_search(
+        grid(AlsParams, factors=(2, 8), regularization=(0.1,), alpha=(10.0,), iterations=(10,)),
+        lambda p: fit_als(matrix, p),
+        lambda m: als_scorer(m, histories),
+        labels,
+    )
+    assert [p["params"]["factors"] for p in result.points] == [2, 8]
+    best = max(result.points, key=lambda p: p["validation"]["recall@100"])
+    assert result.chosen["validation"]["recall@100"] == best["validation"]["recall@100"]
+
+
+def _features(videos: list[str]) -> FeatureSpace:
+    make = lambda *v: Vocabulary.from_counts(count_values(pa.array(list(v))))  # noqa: E731
+    return FeatureSpace(
+        videos=make(*videos),
+        tokens=make("x"),
+        categorical={"country": make("US"), "device": make("tv"), "gender": make("F")},
+        numeric=NumericStats(),
+    )
+
+
+def _ts(day: int) -> datetime:
+    return datetime(2024, 1, day, tzinfo=UTC)
+
+
+def test_training_window_follows_the_split_rules():
+    events = pa.table(
+        {
+            "user_id": ["a", "a", "a", "a", "a", "b", "b", "b"],
+            "video_id": ["v1", "v2", "v3", "v4", "zz", "v1", "v1", "v2"],
+            "ts": pa.array([_ts(1), _ts(2), _ts(3), _ts(4), _ts(4), _ts(1), _ts(5), _ts(6)], pa.timestamp("us", "UTC")),
+        }
+    )
+    fs = _features(["v1", "v2", "v3", "v4"])
+    v = {name: fs.videos.lookup(pa.array([name])).to_pylist()[0] for name in ("v1", "v2", "v3", "v4")}
+
+    users, m = training_window(events, "time_split", {"validation_start": _ts(3).isoformat()}, fs)
+    got = {(users[r].as_py(), c) for r, c in zip(*m.nonzero(), strict=True)}
+    assert got == {("a", v["v1"]), ("a", v["v2"]), ("b", v["v1"])}
+
+    # a: test label at day 4 (tie with OOV "zz"), validation label v3 at day 3, training strictly before day 3.
+    # b: test v2 (day 6), validation v1 (day 5), training the day-1 v1.
+    users, m = training_window(events, "leave_last_out", {}, fs)
+    dense = {(users[r].as_py(), c): m[r, c] for r, c in zip(*m.nonzero(), strict=True)}
+    assert dense == {("a", v["v1"]): 1.0, ("a", v["v2"]): 1.0, ("b", v["v1"]): 1.0}
+
+
+def test_shape_results_has_exactly_the_published_keys():
+    extra = {k: 0.5 for k in (*METRIC_KEYS, "ndcg@50", "ndcg@100", "examples")}
+    metrics = {p: {m: dict(extra) for m in (*METHODS, "other")} for p in PROTOCOLS}
+    shaped = shape_results(metrics)
+    assert list(shaped) == ["time_split", "leave_last_out"]
+    for protocol in PROTOCOLS:
+        assert list(shaped[protocol]) == ["full", "loguniform", "inbatch", "topk_random", "popularity", "als", "bpr"]
+        for method in METHODS:
+            assert list(shaped[protocol][method]) == ["recall@10", "recall@50", "recall@100", "ndcg@10", "map"]
+    del metrics["leave_last_out"]["bpr"]
+    with pytest.raises(KeyError):
+        shape_results(metrics)
+
+
+def test_ranks_file_sits_beside_the_json(tmp_path):
+    assert ranks_file(tmp_path / "quality_ml100k.json") == tmp_path / "quality_ml100k.ranks.npz"
+
+
+def test_checks_report_holds_and_fails_honestly():
+    n = 1000
+    base = np.full(n, 500.0)
+    hits = lambda share: np.where(np.arange(n) < share * n, 5.0, 500.0)  # noqa: E731
+    ranks = {
+        "full": hits(0.50),
+        "loguniform": hits(0.45),
+        "inbatch": hits(0.40),
+        "topk_random": hits(0.495),
+        "popularity": hits(0.30),
+        "als": hits(0.52),
+        "bpr": base,
+    }
+    metrics = {m: metrics_from_ranks(r) for m, r in ranks.items()}
+    checks = {c["check"]: c["holds"] for c in check_targets(metrics, ranks)}
+    assert checks["topk_random recall@100 within 2% (relative) of full softmax"]
+    assert checks["topk_random recall@100 >= loguniform"]
+    assert not checks["topk_random recall@100 > als"]
+    assert checks["topk_random recall@100 > bpr"]
+    assert not checks["bpr well above popularity (>= +10%, CI > 0)"]
+    assert checks["full well above popularity (>= +10%, CI > 0)"]
+    pair = paired_difference(ranks["full"], ranks["popularity"])
+    assert pair["diff"] == pytest.approx(0.2) and pair["ci95_low"] > 0
