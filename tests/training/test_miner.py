@@ -133,9 +133,9 @@ def test_schedule_warmup_refresh_and_retrain() -> None:
 def test_incremental_update_equals_readd() -> None:
     table, queries = _clustered(4000, 16, 20, seed=7)
     V = tf.Variable(table)
-    a = NegativeMiner(V, k=10, k_prime=40, nprobe=32)
+    a = NegativeMiner(V, k=10, k_prime=40, nprobe=32, index_spec="IVF64,Flat")
     a.refresh(0)
-    b = NegativeMiner(V, k=10, k_prime=40, nprobe=32)
+    b = NegativeMiner(V, k=10, k_prime=40, nprobe=32, index_spec="IVF64,Flat")
     b.refresh(0)
     assert a.index is not None
     b.index = faiss.clone_index(a.index)  # same trained quantizer for both
