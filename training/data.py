@@ -70,16 +70,17 @@ class ExampleSet:
         """Number of examples in a split (from Parquet metadata, without reading the data)."""
         return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files(split))
 
-    def read(self, split: str, limit: int | None = None) -> pa.Table:
-        """A whole split (or its first `limit` rows) as one table, for evaluation."""
+    def read(self, split: str, limit: int | None = None, columns: list[str] | None = None) -> pa.Table:
+        """A whole split (or its first `limit` rows, or some columns) as one table, for evaluation."""
+        schema = EXAMPLES if columns is None else pa.schema([EXAMPLES.field(c) for c in columns])
         tables, rows = [], 0
         for f in self.files(split):
-            table = pq.read_table(f).cast(EXAMPLES)
+            table = pq.read_table(f, columns=columns).cast(schema)
             tables.append(table)
             rows += table.num_rows
             if limit is not None and rows >= limit:
                 break
-        out = pa.concat_tables(tables) if tables else EXAMPLES.empty_table()
+        out = pa.concat_tables(tables) if tables else schema.empty_table()
         return out.slice(0, limit) if limit is not None else out
 
     def label_counts(self) -> np.ndarray:

@@ -13,6 +13,7 @@ from recsys.config import ModelConfig
 from recsys.errors import InputError
 from recsys.metrics import dot_scorer, label_ranks, metrics_from_ranks, popularity_scorer
 from recsys.model import TwoTower, build_model, feature_signature
+from recsys.stats import compare, summarise
 from training.data import Batch, ExampleSet, to_batch
 from training.train import BIAS_FILE, EMBEDDINGS_FILE, RUN_FILE
 
@@ -50,12 +51,22 @@ def evaluate_run(run: Path, split: str = "test", exclude_history: bool = False) 
     table = np.load(run / EMBEDDINGS_FILE)
     bias = np.load(run / BIAS_FILE)
     model_scores = dot_scorer(user_vectors(model, batch), table, bias)
+    ranks = {
+        "model": label_ranks(model_scores, batch["label"], exclude),
+        "popularity": label_ranks(popularity_scorer(data.label_counts()), batch["label"], exclude),
+    }
+    users = np.asarray(data.read(split, columns=["user_id"])["user_id"].to_pylist())
+    # 95% intervals from a bootstrap over users (examples of one user are not independent).
+    intervals = summarise(ranks, users)
+    difference = compare(ranks, users, [("model", "popularity")])["model vs popularity"]
     result = {
         "split": split,
         "exclude_history": exclude_history,
         "videos": int(table.shape[0]),
-        "model": metrics_from_ranks(label_ranks(model_scores, batch["label"], exclude)),
-        "popularity": metrics_from_ranks(label_ranks(popularity_scorer(data.label_counts()), batch["label"], exclude)),
+        "test_users": len(np.unique(users)),
+        **{name: metrics_from_ranks(r) for name, r in ranks.items()},
+        "ci95": intervals,
+        "model_vs_popularity": difference,
     }
     (run / f"evaluation-{split}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

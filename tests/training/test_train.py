@@ -179,3 +179,6 @@ def test_topk_random_beats_popularity_on_ml100k(ml100k_examples, tmp_path):
     # Measured here, not hard-coded: the learned model must clearly beat popularity on the held-out weeks.
     assert model["recall@100"] > pop["recall@100"] * 1.1, (model, pop)
     assert model["ndcg@10"] > pop["ndcg@10"], (model, pop)
+    ci = result["ci95"]["model"]["recall@100"]
+    assert ci["low"] <= model["recall@100"] <= ci["high"] and ci["n_users"] == result["test_users"]
+    assert result["model_vs_popularity"]["recall@100"]["mean_diff"] > 0
