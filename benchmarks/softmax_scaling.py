@@ -58,7 +58,9 @@ def measure(loss: str, n: int, steps: int, cfg_kw: dict[str, Any], seed: int = 0
 
     # Full softmax at 1M x 1024 needs [B, n] logits, their softmax and gradient (3 x 4 GB): it runs as
     # micro-batches with summed gradients and ONE optimizer update, i.e. the same step in less memory.
-    micro = max(1, min(BATCH, int(np.ceil(BATCH * n / 2.5e8)))) if loss == "full" else 1
+    micro = 1
+    while loss == "full" and BATCH * n / micro > 2.5e8:  # powers of two divide the batch evenly
+        micro *= 2
 
     @tf.function(reduce_retracing=True)
     def step(x: tf.Tensor, y: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
