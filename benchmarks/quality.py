@@ -1,4 +1,4 @@
-"""Retrieval quality of the four losses, popularity, ALS and BPR under two protocols, measured in one run.
+"""Retrieval quality of the four losses, popularity, ALS, BPR and EASE under two protocols, measured in one run.
 
     python benchmarks/quality.py --dataset ml-100k --json benchmarks/results/quality_ml100k.json
     python benchmarks/quality.py --dataset ml-100k --movielens ml-1m.zip --json benchmarks/results/quality_ml1m.json
@@ -6,8 +6,9 @@
     python benchmarks/quality.py --dataset synthetic --videos 1000000 --budget-seconds 300 --json quality_1m.json
 
 Protocols (each one pipeline run over the same raw log):
-- time_split: global label-time boundaries (MovieLens: the last 14 days are test, the 14 before validation,
-  <= 200 examples per user and split; synthetic: the pipeline's defaults);
+- time_split: global label-time boundaries (MovieLens: the last 49 days are test, the 14 before validation,
+  <= 200 examples per user and split; synthetic: the pipeline's defaults). On ML-100K a 14-day test window holds
+  only ~91 users; 49 days is the shortest whole-week window with >= 300 test users (MOVIELENS_TEST_DAYS);
 - leave_last_out: each user's last watch is the test label, the last watch strictly before it the validation label,
   history <= 50 watches: the protocol of DeepMatch's published ML-1M figures (recall@50 = hit rate, one target).
 
@@ -17,8 +18,10 @@ index 0 never retrievable, no exclusion unless --exclude-history, which hides th
   budget (epochs, early stopping on validation recall@100), the best epoch scored on test;
 - popularity (training label counts);
 - implicit's ALS (CPU), user factor folded in from each example's own history (the history the two-tower sees);
-- implicit's BPR (CPU), scored from the user factors it learned on the training window (it cannot fold in).
-ALS and BPR are fitted on every (user, video) watch of the training window (time split: ts < validation_start;
+- implicit's BPR (CPU), scored from the user factors it learned on the training window (it cannot fold in);
+- EASE (`recsys.ease`), fitted on the same training-window matrix as ALS (binarised), each example scored from its
+  own history like the ALS fold-in, lambda chosen on validation with `recsys.ease.choose_lambda`.
+ALS, BPR and EASE are fitted on every (user, video) watch of the training window (time split: ts < validation_start;
 leave-last-out: each user's watches strictly before that user's validation label) and their hyperparameters are
 picked on the validation split from a small grid (recorded in meta). Nothing is tuned on test.
 
@@ -27,7 +30,10 @@ wall-clock time in a loop around `training.train.Trainer`, then scored on (a see
 of each top-100 whose planted topic is one of the user's planted interests beside popularity's.
 
 Writes the JSON (metrics per protocol and method + meta) and `<json stem>.ranks.npz` with every method's per-example
-test ranks under "<protocol>/<method>" (same example order for every method), for intervals and paired tests.
+test ranks under "<protocol>/<method>" (same example order for every method) and each test example's user id under
+"groups/<protocol>". Every metric carries a 95% interval from `recsys.stats.summarise` (a bootstrap over test users)
+and the target checks and `meta["comparisons"]` are paired user bootstraps (`recsys.stats.compare`). At the end
+`benchmarks/report.py` turns the JSON and the ranks into `quality.md` and the plots beside the JSON.
 """
 
 from __future__ import annotations
@@ -68,15 +74,18 @@ from benchmarks.baselines import (
     grid_search,
     interaction_matrix,
 )
+from benchmarks.report import write_report
 from pipelines.movielens import read_movielens
 from pipelines.pipeline import run_pipeline
 from pipelines.sources import resolve_inputs
 from pipelines.synthetic import generate
 from pipelines.transform import leave_last_out_window_end, to_us
 from recsys.config import GeneratorConfig, ModelConfig, PipelineConfig, TrainConfig, with_overrides
+from recsys.ease import DEFAULT_LAMBDAS, choose_lambda, ease_scorer, fit_ease
 from recsys.features import FeatureSpace
 from recsys.metrics import Scorer, dot_scorer, label_ranks, metrics_from_ranks, popularity_scorer
 from recsys.schemas import OOV_INDEX, TIMESTAMP
+from recsys.stats import compare, summarise
 from training.data import Batch, ExampleSet, iterate_batches, to_batch
 from training.evaluate import evaluate_run, load_run, user_vectors
 from training.train import BIAS_FILE, EMBEDDINGS_FILE, Trainer, train
@@ -84,8 +93,8 @@ from training.train import BIAS_FILE, EMBEDDINGS_FILE, Trainer, train
 PROTOCOLS = ("time_split", "leave_last_out")
 LOSSES = ("full", "loguniform", "inbatch", "topk_random")
 SAMPLED_LOSSES = ("loguniform", "inbatch", "topk_random")
-METHODS = (*LOSSES, "popularity", "als", "bpr")
-LEARNED = (*LOSSES, "als", "bpr")
+METHODS = (*LOSSES, "popularity", "als", "bpr", "ease")
+LEARNED = (*LOSSES, "als", "bpr", "ease")
 METRIC_KEYS = ("recall@10", "recall@50", "recall@100", "ndcg@10", "map")
 DEFAULT_MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k.zip"
 # DeepMatch's published ML-1M recall@50 (leave-last-out, history 50, every item ranked): printed beside ours.
@@ -102,6 +111,14 @@ BPR_GRID = {
     "regularization": (0.001, 0.01),
     "iterations": (100,),
 }
+# ML-100K: 14 test days leave ~91 test users; 49 (7 weeks) is the shortest whole-week window with >= 300.
+MOVIELENS_TEST_DAYS = 49
+MOVIELENS_VALIDATION_DAYS = 14
+EASE_GRID = DEFAULT_LAMBDAS
+N_BOOT = 2000  # user-bootstrap replicates of every interval and paired comparison
+BOOT_SEED = 0
+COMPARE_BASE = "topk_random"
+COMPARE_WITH = ("full", "loguniform", "inbatch", "ease", "als", "bpr", "popularity")
 WELL_ABOVE = 0.10  # "well above popularity": >= 10% relative gain in recall@100 and a paired 95% CI above zero
 WITHIN = 0.02  # topk_random recall@100 may fall at most 2% (relative) below full softmax
 BPR_NOTE = (
@@ -123,7 +140,12 @@ def pipeline_config(kind: str, protocol: str) -> PipelineConfig:
         raise ValueError(f"unknown protocol {protocol!r}")
     if kind == "movielens":
         if protocol == "time_split":
-            return PipelineConfig(split="time", test_days=14, validation_days=14, max_examples_per_user=200)
+            return PipelineConfig(
+                split="time",
+                test_days=MOVIELENS_TEST_DAYS,
+                validation_days=MOVIELENS_VALIDATION_DAYS,
+                max_examples_per_user=200,
+            )
         return PipelineConfig(split="leave_last_out", max_history=50, max_examples_per_user=200)
     if protocol == "time_split":
         return PipelineConfig()
@@ -288,22 +310,29 @@ def ranks_file(json_path: Path) -> Path:
     return json_path.with_name(json_path.stem + ".ranks.npz")
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray, k: int = 100) -> dict[str, float]:
-    """Mean of hit@k(a) - hit@k(b) over the same examples with a normal-approximation paired 95% interval."""
-    diff = (a < k).astype(np.float64) - (b < k).astype(np.float64)
-    n = len(diff)
-    mean = float(diff.mean()) if n else 0.0
-    se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-    return {"diff": mean, "ci95_low": mean - 1.96 * se, "ci95_high": mean + 1.96 * se}
+def paired_difference(a: np.ndarray, b: np.ndarray, groups: np.ndarray | None = None) -> dict[str, Any]:
+    """Recall@100(a) - recall@100(b) on the same examples with a paired user-bootstrap 95% interval and p-value."""
+    groups = np.arange(len(a)) if groups is None else np.asarray(groups)
+    pair = compare({"a": a, "b": b}, groups, [("a", "b")], n_boot=N_BOOT, seed=BOOT_SEED)["a vs b"]["recall@100"]
+    return {
+        "diff": pair["mean_diff"],
+        "ci95_low": pair["low"],
+        "ci95_high": pair["high"],
+        "p_value": pair["p_value"],
+        "significant": pair["significant"],
+        "n_users": pair["n_users"],
+    }
 
 
-def check_targets(metrics: dict[str, dict[str, float]], ranks: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """The quality targets on test recall@100, each with the measured values, a paired 95% CI and holds/fails."""
+def check_targets(
+    metrics: dict[str, dict[str, float]], ranks: dict[str, np.ndarray], groups: np.ndarray | None = None
+) -> list[dict[str, Any]]:
+    """The quality targets on test recall@100, each with the values, a paired user-bootstrap 95% CI and holds/fails."""
     r = {m: v["recall@100"] for m, v in metrics.items()}
     checks: list[dict[str, Any]] = []
 
     def add(name: str, a: str, b: str, holds: bool, rel: float) -> None:
-        pair = paired_difference(ranks[a], ranks[b])
+        pair = paired_difference(ranks[a], ranks[b], groups)
         checks.append({"check": name, "holds": bool(holds), "a": r[a], "b": r[b], "relative": rel, **pair})
 
     def relative(a: str, b: str) -> float:
@@ -321,7 +350,7 @@ def check_targets(metrics: dict[str, dict[str, float]], ranks: dict[str, np.ndar
             r[tk] >= r["loguniform"],
             relative(tk, "loguniform"),
         )
-    for other in ("inbatch", "als", "bpr"):
+    for other in ("inbatch", "als", "bpr", "ease"):
         if tk in r and other in r:
             op = ">=" if other == "inbatch" else ">"
             ok = r[tk] >= r[other] if other == "inbatch" else r[tk] > r[other]
@@ -329,7 +358,7 @@ def check_targets(metrics: dict[str, dict[str, float]], ranks: dict[str, np.ndar
     for method in LEARNED:
         if method in r and "popularity" in r:
             rel = relative(method, "popularity")
-            pair = paired_difference(ranks[method], ranks["popularity"])
+            pair = paired_difference(ranks[method], ranks["popularity"], groups)
             ok = rel >= WELL_ABOVE and pair["ci95_low"] > 0
             add(f"{method} well above popularity (>= +{WELL_ABOVE:.0%}, CI > 0)", method, "popularity", ok, rel)
     return checks
@@ -438,6 +467,7 @@ class ProtocolRun:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     ranks: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    groups: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # each test example's user
 
 
 def run_baselines(
@@ -452,7 +482,7 @@ def run_baselines(
     chunk: int,
     seed: int,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """ALS (fold-in) and BPR (learned user factors) picked on validation, then ranked on test."""
+    """ALS (fold-in), BPR (learned user factors) and EASE (history) picked on validation, then ranked on test."""
     split = prepared.pipeline[protocol]["split"]
     dictionary, matrix = training_window(prepared.events, protocol, split, data.features)
     log(f"{protocol}: ALS/BPR training window: {matrix.shape[0]} users, {matrix.nnz} (user, video) pairs")
@@ -507,6 +537,36 @@ def run_baselines(
         f"{protocol}: BPR chose {bpr.chosen['params']} "
         f"(validation recall@100 {bpr.chosen['validation']['recall@100']:.4f})"
     )
+    ease_ranks, meta["ease"] = run_ease(matrix, validation, test, exclude, chunk)
+    ranks["ease"] = ease_ranks
+    log(
+        f"{protocol}: EASE chose lambda={meta['ease']['chosen']['lambda']} (validation recall@100 "
+        f"{meta['ease']['chosen_validation']['recall@100']:.4f})"
+    )
+    return ranks, meta
+
+
+def run_ease(
+    matrix: sp.csr_matrix, validation: Batch, test: Batch, exclude: np.ndarray | None, chunk: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """EASE on the ALS training matrix: lambda chosen on validation, test ranked from each example's own history."""
+    t0 = time.perf_counter()
+    lam, table = choose_lambda(matrix, validation["history"], validation["label"], grid=EASE_GRID, chunk=chunk)
+    grid_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    weights = fit_ease(matrix, lam)
+    fit_s = time.perf_counter() - t0
+    ranks = label_ranks(ease_scorer(weights, test["history"]), test["label"], exclude, chunk)
+    meta = {
+        "grid": {"lambda": list(EASE_GRID)},
+        "chosen": {"lambda": lam},
+        "chosen_validation": table[lam],
+        "fit_s": round(fit_s, 3),
+        "grid_s": round(grid_s, 2),
+        "points": [{"params": {"lambda": k}, "validation": v} for k, v in table.items()],
+        "training_matrix": "the ALS/BPR training-window matrix, binarised",
+        "scoring": "x . B with x the example's own (padded) history, binary; no exclusion unless --exclude-history",
+    }
     return ranks, meta
 
 
@@ -530,6 +590,7 @@ def run_protocol(
     validation = to_batch(val_table, data.max_history, data.max_tokens)
     exclude = test["history"] if args.exclude_history else None
     out = ProtocolRun()
+    out.groups = user_groups(test_table["user_id"])
     out.meta = {
         "videos": n,
         "examples": {"train": data.count("train"), "validation": data.count("validation"), "test": len(test["label"])},
@@ -557,6 +618,7 @@ def run_protocol(
             "best_epoch": report["best_epoch"],
             "stopped_early": report["stopped_early"],
             "validation_best": {k: best[k] for k in METRIC_KEYS},
+            "epochs": [{k: v for k, v in e.items() if isinstance(v, (int, float))} for e in report["epochs"]],
         }
         if len(test["label"]) * n <= 5e8:  # cross-check against the project's own evaluation of the run
             official = evaluate_run(run_dir, "test", exclude_history=args.exclude_history)["model"]
@@ -586,8 +648,34 @@ def run_protocol(
         out.ranks |= ranks
         out.meta |= meta
     out.metrics = {m: metrics_from_ranks(r) for m, r in out.ranks.items()}
-    out.meta["checks"] = check_targets(out.metrics, out.ranks)
+    out.meta["checks"] = check_targets(out.metrics, out.ranks, out.groups)
     return out
+
+
+def user_groups(user_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Each example's user as a dense integer code (the cluster of the user bootstrap)."""
+    if isinstance(user_ids, pa.ChunkedArray):
+        user_ids = user_ids.combine_chunks()
+    return user_ids.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def add_intervals(
+    result: dict[str, Any], runs: dict[str, ProtocolRun], methods: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Add "<metric>_ci", n_examples and n_users to every method of `result`; return the paired comparisons."""
+    comparisons: dict[str, dict[str, Any]] = {}
+    for protocol, run in runs.items():
+        ranks = {m: run.ranks[m] for m in methods}
+        summary = summarise(ranks, run.groups, n_boot=N_BOOT, seed=BOOT_SEED)
+        for method in methods:
+            entry = result[protocol][method]
+            for key in METRIC_KEYS:
+                entry[f"{key}_ci"] = [summary[method][key]["low"], summary[method][key]["high"]]
+            entry["n_examples"] = summary[method]["map"]["n_examples"]
+            entry["n_users"] = summary[method]["map"]["n_users"]
+        pairs = [(COMPARE_BASE, b) for b in COMPARE_WITH if COMPARE_BASE in ranks and b in ranks]
+        comparisons[protocol] = compare(ranks, run.groups, pairs, n_boot=N_BOOT, seed=BOOT_SEED)
+    return comparisons
 
 
 def run_budget_protocol(
@@ -644,8 +732,9 @@ def run_budget_protocol(
     popularity = popularity_scorer(data.label_counts())
     out.ranks["popularity"] = label_ranks(popularity, test["label"], exclude, chunk)
     out.meta["topic_share@100"]["popularity"] = share(popularity)
+    out.groups = user_groups(test_table["user_id"])
     out.metrics = {m: metrics_from_ranks(r) for m, r in out.ranks.items()}
-    out.meta["checks"] = check_targets(out.metrics, out.ranks)
+    out.meta["checks"] = check_targets(out.metrics, out.ranks, out.groups)
     return out
 
 
@@ -653,7 +742,7 @@ def run_budget_protocol(
 def training_seconds(run: ProtocolRun) -> dict[str, float]:
     """Wall-clock training seconds per method (two-tower: train() incl. per-epoch validation; ALS/BPR: chosen fit)."""
     out = {loss: float(info.get("wall_s", info.get("train_s", 0.0))) for loss, info in run.meta["losses"].items()}
-    out |= {b: float(run.meta[b]["fit_s"]) for b in ("als", "bpr") if b in run.meta}
+    out |= {b: float(run.meta[b]["fit_s"]) for b in ("als", "bpr", "ease") if b in run.meta}
     return out
 
 
@@ -676,7 +765,7 @@ def format_table(protocol: str, run: ProtocolRun, dataset: str) -> str:
             else:
                 note = f"{info['steps']} steps, {info['epochs']} epochs"
             secs = f"{info.get('wall_s', info.get('train_s')):.0f}"
-        elif method in ("als", "bpr") and method in meta:
+        elif method in ("als", "bpr", "ease") and method in meta:
             val = f"{meta[method]['chosen_validation']['recall@100']:.4f}"
             secs = f"{meta[method]['fit_s']:.1f}"
             note = ", ".join(f"{k}={v}" for k, v in meta[method]["chosen"].items())
@@ -691,7 +780,7 @@ def format_table(protocol: str, run: ProtocolRun, dataset: str) -> str:
             f"{method:<12} {val:>9} {m['recall@10']:>7.4f} {m['recall@50']:>7.4f} {m['recall@100']:>7.4f} "
             f"{m['ndcg@10']:>8.4f} {m['map']:>7.4f} {secs:>8}  {note}"
         )
-    lines.append("targets (test recall@100; CI: paired 95% interval of the hit-rate difference):")
+    lines.append("targets (test recall@100; CI: paired user-bootstrap 95% interval of the difference):")
     for c in meta["checks"]:
         lines.append(
             f"  [{'HOLDS' if c['holds'] else 'FAILS'}] {c['check']}: {c['a']:.4f} vs {c['b']:.4f} "
@@ -733,7 +822,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=None, help="kept and reused (default: a temp dir, removed)")
     parser.add_argument("--protocols", default=None, help="comma-separated subset of " + ",".join(PROTOCOLS))
     parser.add_argument("--exclude-history", action="store_true", help="hide each example's history, every method")
-    parser.add_argument("--skip-baselines", action="store_true", help="no ALS/BPR (the JSON then lacks them)")
+    parser.add_argument("--skip-baselines", action="store_true", help="no ALS/BPR/EASE (the JSON then lacks them)")
     parser.add_argument("--videos", type=int, default=50_000, help="synthetic catalogue size")
     parser.add_argument("--users", type=int, default=None, help="synthetic users (default 20000; 30000 at 1M)")
     parser.add_argument("--events", type=int, default=None, help="synthetic events (default 1M; 3M at 1M videos)")
@@ -796,6 +885,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     methods = [m for m in METHODS if all(m in run.metrics for run in runs.values())]
     result: dict[str, Any] = shape_results({p: r.metrics for p, r in runs.items()}, args.protocols, methods)
+    comparisons = add_intervals(result, runs, methods)
     result["meta"] = {
         "dataset": prepared.name,
         "mode": "equal wall-clock budget, sampled losses only" if args.budget else "same epochs and early stopping",
@@ -803,7 +893,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "runtime_s": round(runtime, 1),
         "exclude_history": args.exclude_history,
         "metrics": "test split, full catalogue, exact scores, tie-averaged ranks (recsys.metrics.label_ranks)",
-        "selection": "two-tower: best epoch by validation recall@100; ALS/BPR: grid point by validation recall@100",
+        "selection": "two-tower: best epoch by validation recall@100; ALS/BPR/EASE: grid point by validation "
+        "recall@100",
+        "intervals": f"95% percentile intervals from a bootstrap over test users ({N_BOOT} replicates, seed "
+        f"{BOOT_SEED}, recsys.stats.summarise); comparisons: paired user bootstrap (recsys.stats.compare)",
+        "comparisons": comparisons,
         "bpr_note": BPR_NOTE,
         "test_examples": {p: r.meta["examples"]["test"] for p, r in runs.items()},
         "checks": {p: r.meta["checks"] for p, r in runs.items()},
@@ -813,7 +907,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "train": train_cfg.model_dump(mode="json", exclude={"loss"}),
                 "losses": list(args.losses),
             },
-            **{b: {p: r.meta[b]["chosen"] for p, r in runs.items() if b in r.meta} for b in ("als", "bpr")},
+            **{b: {p: r.meta[b]["chosen"] for p, r in runs.items() if b in r.meta} for b in ("als", "bpr", "ease")},
         },
         "training_s": {p: training_seconds(r) for p, r in runs.items()},
         "protocols": {p: {k: v for k, v in r.meta.items() if k != "checks"} for p, r in runs.items()},
@@ -824,6 +918,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
     arrays: dict[str, Any] = {f"{p}/{m}": r.ranks[m] for p, r in runs.items() for m in r.ranks}
+    arrays |= {f"groups/{p}": r.groups for p, r in runs.items()}
     np.savez_compressed(ranks_file(args.json), **arrays)
 
     print()
@@ -833,6 +928,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(format_deepmatch(run))
         print()
     print(f"runtime {runtime:.0f} s; wrote {args.json} and {ranks_file(args.json)}")
+    written = write_report(args.json)
+    print("report: " + ", ".join(str(w) for w in written))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
-"""The quality benchmark's ALS/BPR wrappers, its training-window cut and its JSON shape (fast, tiny data)."""
+"""The quality benchmark's ALS/BPR/EASE wrappers, its training-window cut and its JSON shape (fast, tiny data)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
+from benchmarks import quality
 from benchmarks.baselines import (
     AlsParams,
     BprParams,
+    GridResult,
     als_fold_in,
     als_scorer,
     bpr_scorer,
@@ -25,15 +28,19 @@ from benchmarks.baselines import (
     least_squares_user_factors,
 )
 from benchmarks.quality import (
+    EASE_GRID,
     METHODS,
     METRIC_KEYS,
     PROTOCOLS,
     check_targets,
     paired_difference,
     ranks_file,
+    run_baselines,
+    run_ease,
     shape_results,
     training_window,
 )
+from recsys.ease import ease_scorer, fit_ease
 from recsys.features import FeatureSpace, NumericStats, Vocabulary, count_values
 from recsys.metrics import label_ranks, metrics_from_ranks
 from recsys.model import PAD
@@ -155,7 +162,16 @@ def test_shape_results_has_exactly_the_published_keys():
     shaped = shape_results(metrics)
     assert list(shaped) == ["time_split", "leave_last_out"]
     for protocol in PROTOCOLS:
-        assert list(shaped[protocol]) == ["full", "loguniform", "inbatch", "topk_random", "popularity", "als", "bpr"]
+        assert list(shaped[protocol]) == [
+            "full",
+            "loguniform",
+            "inbatch",
+            "topk_random",
+            "popularity",
+            "als",
+            "bpr",
+            "ease",
+        ]
         for method in METHODS:
             assert list(shaped[protocol][method]) == ["recall@10", "recall@50", "recall@100", "ndcg@10", "map"]
     del metrics["leave_last_out"]["bpr"]
@@ -179,6 +195,7 @@ def test_checks_report_holds_and_fails_honestly():
         "popularity": hits(0.30),
         "als": hits(0.52),
         "bpr": base,
+        "ease": hits(0.48),
     }
     metrics = {m: metrics_from_ranks(r) for m, r in ranks.items()}
     checks = {c["check"]: c["holds"] for c in check_targets(metrics, ranks)}
@@ -190,3 +207,60 @@ def test_checks_report_holds_and_fails_honestly():
     assert checks["full well above popularity (>= +10%, CI > 0)"]
     pair = paired_difference(ranks["full"], ranks["popularity"])
     assert pair["diff"] == pytest.approx(0.2) and pair["ci95_low"] > 0
+
+
+def test_check_intervals_resample_users_not_examples():
+    n = 400
+    a = np.where(np.arange(n) < n // 2, 5.0, 500.0)  # users 0-4 always hit, users 5-9 never do
+    b = np.full(n, 500.0)
+    per_example = paired_difference(a, b)
+    users = np.arange(n) // 40  # 10 users of 40 examples: wider interval
+    per_user = paired_difference(a, b, users)
+    assert per_example["diff"] == per_user["diff"] == pytest.approx(0.5)
+    assert per_user["n_users"] == 10 and per_example["n_users"] == n
+    assert (per_user["ci95_high"] - per_user["ci95_low"]) > 2 * (per_example["ci95_high"] - per_example["ci95_low"])
+
+
+def test_run_ease_picks_lambda_on_validation_and_ranks_test_from_history():
+    matrix, labels, histories = planted()
+    batch = {"history": histories, "label": labels}
+    ranks, meta = run_ease(matrix, batch, batch, None, chunk=16)
+    lam = meta["chosen"]["lambda"]
+    assert lam in EASE_GRID and meta["grid"] == {"lambda": list(EASE_GRID)}
+    assert len(meta["points"]) == len(EASE_GRID)
+    expected = label_ranks(ease_scorer(fit_ease(matrix, lam), histories), labels, chunk=16)
+    np.testing.assert_array_equal(ranks, expected)
+    assert metrics_from_ranks(ranks)["recall@10"] > 0.3  # 10 of 40 items at chance is 0.25 at best
+
+
+def test_ease_is_fitted_on_the_same_training_matrix_as_als(monkeypatch):
+    matrix, labels, histories = planted()
+    seen: dict[str, object] = {}
+    zeros = lambda *_: lambda rows: np.zeros((len(rows), N_ITEMS), dtype=np.float32)  # noqa: E731
+
+    def record(name: str, real=None):
+        def fit(m, *args, **kwargs):
+            seen[name] = m
+            return real(m, *args, **kwargs) if real else None
+
+        return fit
+
+    def one_point_grid(candidates, fit, scorer_for, labels, chunk=1024):
+        model = fit(candidates[0])
+        chosen = {"params": {}, "validation": {"recall@100": 0.0}, "fit_s": 0.0}
+        return GridResult(points=[], chosen=chosen, model=model)
+
+    monkeypatch.setattr(quality, "training_window", lambda *_: (pa.array(np.arange(60)), matrix))
+    monkeypatch.setattr(quality, "grid_search", one_point_grid)
+    monkeypatch.setattr(quality, "fit_als", record("als"))
+    monkeypatch.setattr(quality, "fit_bpr", record("bpr"))
+    monkeypatch.setattr(quality, "fit_ease", record("ease", fit_ease))
+    monkeypatch.setattr(quality, "als_scorer", zeros)
+    monkeypatch.setattr(quality, "bpr_scorer", zeros)
+    prepared = SimpleNamespace(pipeline={"time_split": {"split": {}}}, events=None)
+    batch = {"history": histories, "label": labels}
+    users = pa.chunked_array([pa.array(np.arange(60))])
+    data = SimpleNamespace(features=None)
+    ranks, meta = run_baselines(prepared, "time_split", data, batch, users, batch, users, None, 16, 0)
+    assert seen["als"] is matrix and seen["bpr"] is matrix and seen["ease"] is matrix
+    assert set(ranks) == {"als", "bpr", "ease"} and meta["ease"]["chosen"]["lambda"] in EASE_GRID

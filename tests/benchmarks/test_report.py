@@ -1,0 +1,81 @@
+"""benchmarks/report.py on a tiny fake result: markdown with every method and interval, and both plots (fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.quality import METHODS, ProtocolRun, add_intervals, ranks_file, shape_results
+from benchmarks.report import recall_curves, tie_rule, write_report
+from recsys.metrics import metrics_from_ranks
+
+PROTOCOLS = ("time_split", "leave_last_out")
+
+
+def fake_result(tmp_path: Path) -> Path:
+    """A result JSON + ranks file shaped like quality.py's, from random ranks of 120 examples by 30 users."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(30), 4)
+    runs: dict[str, ProtocolRun] = {}
+    for protocol in PROTOCOLS:
+        run = ProtocolRun(groups=groups)
+        run.ranks = {m: rng.integers(0, 300, size=len(groups)).astype(np.float64) for m in METHODS}
+        run.metrics = {m: metrics_from_ranks(r) for m, r in run.ranks.items()}
+        runs[protocol] = run
+    result = shape_results({p: r.metrics for p, r in runs.items()})
+    comparisons = add_intervals(result, runs, METHODS)
+    epochs = [{"epoch": e, "step": 10 * e, "recall@100": 0.1 + 0.01 * e, "loss": 1.0} for e in (1, 2, 3)]
+    losses = {m: {"best_epoch": 3, "epochs_run": 3, "epochs": epochs} for m in METHODS[:4]}
+    split = {"validation_start": "2020-01-01", "test_start": "2020-01-15", "min_ts": "2019-01-01", "max_ts": "2020-02"}
+    result["meta"] = {
+        "dataset": "fake",
+        "command": "benchmarks/quality.py --dataset ml-100k --json x.json",
+        "comparisons": comparisons,
+        "protocols": {
+            p: {
+                "losses": losses,
+                "pipeline": {"config": {"test_days": 14, "max_history": 50}, "split": split},
+                "ease": {"chosen": {"lambda": 250.0}, "grid": {"lambda": [10.0, 250.0]}},
+            }
+            for p in PROTOCOLS
+        },
+    }
+    path = tmp_path / "quality_fake.json"
+    path.write_text(json.dumps(result))
+    arrays = {f"{p}/{m}": r.ranks[m] for p, r in runs.items() for m in r.ranks}
+    arrays |= {f"groups/{p}": groups for p in PROTOCOLS}
+    np.savez_compressed(ranks_file(path), **arrays)
+    return path
+
+
+def test_report_writes_markdown_with_every_method_and_intervals_and_both_plots(tmp_path):
+    written = write_report(fake_result(tmp_path))
+    md = (tmp_path / "quality.md").read_text()
+    assert written[0] == tmp_path / "quality.md"
+    for method in METHODS:
+        assert f"| {method} |" in md
+    for column in ("R@10 [95% CI]", "R@50 [95% CI]", "R@100 [95% CI]", "NDCG@10 [95% CI]", "MAP [95% CI]"):
+        assert column in md
+    assert "| 120 / 30 |" in md and "lambda=250.0" in md and "lambda ∈ {10.0, 250.0}" in md
+    for other in ("full", "loguniform", "inbatch", "ease", "als", "bpr", "popularity"):
+        assert f"| topk_random vs {other} | recall@100 |" in md
+    assert tie_rule() and tie_rule() in md
+    assert "python benchmarks/report.py --json" in md
+    for protocol in PROTOCOLS:
+        for name in (f"quality_recall_curve_{protocol}.png", f"quality_training_{protocol}.png"):
+            assert (tmp_path / name).stat().st_size > 1000
+            assert tmp_path / name in written
+
+
+def test_recall_curves_mean_matches_the_metric_and_band_contains_it():
+    rng = np.random.default_rng(1)
+    ranks = rng.integers(0, 200, size=400).astype(np.float64)
+    groups = np.repeat(np.arange(100), 4)
+    mean, low, high = recall_curves(ranks, groups, replicates=200)
+    assert mean.shape == low.shape == high.shape == (100,)
+    assert mean[99] == pytest.approx(metrics_from_ranks(ranks)["recall@100"])
+    assert mean[9] == pytest.approx(metrics_from_ranks(ranks)["recall@10"])
+    assert np.all(low <= mean + 1e-12) and np.all(mean <= high + 1e-12) and np.all(np.diff(mean) >= 0)
