@@ -22,7 +22,9 @@ demo: install
 	$(BIN)/recsys train --examples $(DEMO_DIR)/examples --out $(DEMO_DIR)/run --loss topk_random \
 		--epochs 5 --hidden 256 --embedding-dim 64 --batch-size 512 --learning-rate 0.5
 	$(BIN)/recsys evaluate --run $(DEMO_DIR)/run --split test
-	@echo "demo: examples in $(DEMO_DIR)/examples, model, report.json and curves.png in $(DEMO_DIR)/run"
+	$(BIN)/recsys export --run $(DEMO_DIR)/run --out $(DEMO_DIR)/bundles --index-spec auto
+	@echo "demo: examples in $(DEMO_DIR)/examples; report.json and curves.png in $(DEMO_DIR)/run;"
+	@echo "      bundle with SavedModel, embeddings and FAISS index in $(DEMO_DIR)/bundles/latest"
 
 test: install
 	$(BIN)/python -m pytest -q
