@@ -151,6 +151,10 @@ def spark_session(workers: int = 0, progress: bool = False, memory: str | None =
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise RecsysError("the spark engine needs Java 17 or newer: put `java` on PATH or set JAVA_HOME")
     cores = workers or os.cpu_count() or 1
+    # Python workers must run this interpreter (the one with pyarrow), not whatever `python3` is on PATH: local
+    # mode reads the environment variable, the conf below serves cluster deployments.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     log_dir = Path(tempfile.mkdtemp(prefix="recsys-spark-"))
     log4j = log_dir / "log4j2.properties"
     log4j.write_text(_LOG4J)
