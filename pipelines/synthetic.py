@@ -15,9 +15,6 @@ included) gives the same table contents.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,8 +28,9 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 from tqdm import tqdm
 
+from recsys.atomic import staged_directory
 from recsys.config import GeneratorConfig
-from recsys.errors import InputError, RecsysError
+from recsys.errors import RecsysError
 from recsys.schemas import SEARCH_EVENTS, TIMESTAMP, USERS, VIDEOS, WATCH_EVENTS
 
 GENERATOR_VERSION = "1.0.0"
@@ -459,28 +457,11 @@ def _videos_table(config: GeneratorConfig, world: _World, first_watch: NDArray[n
     return pa.Table.from_arrays([world.video_ids, _join_words(world.vocab, slots), _timestamps(upload)], schema=VIDEOS)
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an existing non-empty output (or a file in its place)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"{out}: already exists and is not an empty directory; refusing to overwrite")
-
-
 def generate(config: GeneratorConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     """Write a synthetic watch log (events, searches, users, videos, truth, manifest) to `out`, atomically."""
-    out = Path(out)
-    _check_out(out)
     counts = _event_counts(config)  # validates the config before anything touches the disk
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_directory(Path(out)) as tmp:
         summary = _generate_into(config, counts, tmp, progress)
-        _check_out(out)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 
