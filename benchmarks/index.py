@@ -21,6 +21,7 @@ import gc
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ from typing import Any
 import faiss
 import numpy as np
 
+if __package__ in (None, ""):  # run as `python benchmarks/<name>.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.output import emit_json
 from recsys.index import (
     PARALLEL_MIN_BATCH,
     VideoIndex,
@@ -257,11 +262,7 @@ def main() -> None:
         "hnsw_videos": None if args.skip_hnsw else min(args.videos, args.hnsw_videos or args.videos),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+if __package__ in (None, ""):  # run as `python benchmarks/<name>.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.output import emit_json
 from recsys.config import TrainConfig
 from recsys.sparse_optim import SparseAdagrad
 from training.losses import LossHead
@@ -163,11 +167,7 @@ def main() -> None:
         result["topk_random_growth_10k_to_1m"] = round(step_s["topk_random"][big] / step_s["topk_random"][small], 2)
     if "full" in step_s:
         result["full_growth_10k_to_1m"] = round(step_s["full"][big] / step_s["full"][small], 2)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit_json(result, args.json)
 
 
 if __name__ == "__main__":
