@@ -109,7 +109,18 @@ class TrainConfig(_Section):
     uniform_samples: int = Field(2048, ge=1, description="m: uniform tail samples shared by the batch")
     refresh_every: int = Field(200, ge=1, description="R: steps between index refreshes")
     warmup_steps: int = Field(200, ge=0, description="uniform-only negatives before the top-K head starts")
-    nprobe: int = Field(8, ge=1)
+    nprobe: int = Field(8, ge=1, description="IVF lists probed by the miner (the start when it is tuned)")
+    index_target_recall: float | None = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="after each index build, nprobe := the smallest power of two whose top-K holds this share of "
+        "the exact top-K on live queries (None: keep nprobe)",
+    )
+    index_max_nprobe: int = Field(64, ge=1, description="the tuning never probes more lists (bounds a step's cost)")
+    refresh_drift: float | None = Field(
+        0.05, ge=0, description="a refresh re-indexes the rows that moved > this x the RMS row norm (None: all rows)"
+    )
     exclude_history_from_head: bool = False
     checkpoint_every: int = Field(500, ge=1)
     eval_max_examples: int = Field(20_000, ge=1, description="validation examples scored each epoch")

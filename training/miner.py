@@ -2,9 +2,12 @@
 
 The index is refreshed every ``refresh_every`` steps and goes stale in between, so ``search`` fetches K' > K
 candidates from it and re-scores them with the CURRENT rows of V, keeping the top K. An IVF index's coarse quantizer
-(the expensive k-means) is trained only on the first build and every ``retrain_every`` refreshes; other refreshes
-reuse it and only re-add the vectors (all of them, or only the rows that changed). A bias b, if given, is folded
-into the search as an extra coordinate: [V_j, b_j] · [u, 1] = u·V_j + b_j.
+(the expensive k-means) is trained on the first build, every ``retrain_every`` refreshes and whenever its lists have
+grown unbalanced; other refreshes keep it and move only the rows that drifted since they were indexed (a sampled loss
+moves the label and head rows a lot and the uniform tail barely). After each build nprobe can be tuned to the
+smallest value whose re-scored top-K reaches a target recall of the exact top-K, measured on the first live queries
+after each refresh (queries move as the tower trains). A bias b,
+if given, is folded into the search as an extra coordinate: [V_j, b_j] · [u, 1] = u·V_j + b_j.
 """
 
 from __future__ import annotations
@@ -43,14 +46,15 @@ class RefreshStats:
 
     step: int
     kind: str  # "build" (train + add), "readd" (reset + add) or "update" (changed rows only)
-    rows: int
-    read_s: float
+    rows: int  # rows (re-)added
+    read_s: float  # reading the table (and, for an update, finding the drifted rows)
     train_s: float
     add_s: float
+    reason: str = ""
 
 
 class TouchedRows:
-    """Set of table rows changed since the last refresh, fed from each step's S ∪ T (for incremental refresh)."""
+    """Set of table rows updated since the last refresh: each step's labels and head candidates."""
 
     def __init__(self, n: int) -> None:
         """Start with no row marked."""
@@ -96,7 +100,13 @@ class NegativeMiner:
         warmup_steps: int = 0,
         index_spec: str | None = None,
         nprobe: int = 8,
-        retrain_every: int = 10,
+        target_recall: float | None = None,
+        max_nprobe: int = 64,
+        drift_tolerance: float | None = 0.05,
+        retrain_every: int = 50,
+        imbalance_growth: float = 1.5,
+        track_touched: bool = True,
+        retune_every: int = 5,
         train_points_per_centroid: int = 64,
         incremental_max_fraction: float = 0.25,
         threads: int | None = None,
@@ -105,12 +115,23 @@ class NegativeMiner:
         """Configure the miner; the index is built on the first refresh.
 
         ``index_spec`` is a FAISS factory string (None: ``default_ivf_spec(n)``; "Flat" is exact). K' < K is
-        rejected. ``train_points_per_centroid`` caps the k-means sample (FAISS warns below 39 per list).
+        rejected. ``nprobe`` is fixed, or with ``target_recall`` tuned after builds, never above ``max_nprobe`` (the
+        search cost grows linearly with it, so the cap bounds a step's cost when the target is out of reach).
+        ``drift_tolerance``: a refresh re-indexes the rows that moved more than this times the table's RMS row norm
+        (None: re-add every row). ``imbalance_growth``: retrain early when the lists' imbalance factor has grown by
+        this factor since training. ``track_touched``: check drift only on the rows this miner returned as
+        candidates or was told about with ``mark`` (the labels) since the last refresh, not on the whole table.
+        ``retune_every``: re-check nprobe after builds and every this many refreshes.
+        ``train_points_per_centroid`` caps the k-means sample (FAISS warns below 39).
         """
         if k < 1 or k_prime < k:
             raise ValueError(f"need 1 <= k <= k_prime, got k={k}, k_prime={k_prime}")
         if refresh_every < 1 or retrain_every < 1:
             raise ValueError("refresh_every and retrain_every must be >= 1")
+        if target_recall is not None and not 0 < target_recall <= 1:
+            raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+        if drift_tolerance is not None and drift_tolerance < 0:
+            raise ValueError(f"drift_tolerance must be >= 0, got {drift_tolerance}")
         self.table = table
         self.bias = bias
         self.n = int(table.shape[0])
@@ -121,7 +142,13 @@ class NegativeMiner:
         self.warmup_steps = warmup_steps
         self.index_spec = index_spec or default_ivf_spec(self.n)
         self.nprobe = nprobe
+        self.target_recall = target_recall
+        self.max_nprobe = max_nprobe
+        self.drift_tolerance = drift_tolerance
         self.retrain_every = retrain_every
+        self.imbalance_growth = imbalance_growth
+        self.retune_every = max(1, retune_every)
+        self.touched = TouchedRows(self.n) if track_touched and drift_tolerance is not None else None
         self.train_points_per_centroid = train_points_per_centroid
         self.incremental_max_fraction = incremental_max_fraction
         # FAISS parallelises builds and batch searches with OpenMP. Use the machine's cores (TensorFlow is idle
@@ -132,12 +159,20 @@ class NegativeMiner:
         self.index: faiss.Index | None = None
         self.last_refresh_step: int | None = None
         self.refreshes_since_train = 0  # refreshes done since the quantizer was last trained
+        self._trained_imbalance = 1.0
+        self._tune_pending = False
+        self.tuning: dict[str, Any] | None = None  # the last nprobe tuning: chosen value and recall per value tried
         self.history: list[RefreshStats] = []
 
     # ------------------------------------------------------------------ schedule
     def topk_enabled(self, step: int) -> bool:
         """Whether top-K negatives are used at this step (False during the uniform-only warm-up)."""
         return step >= self.warmup_steps
+
+    def mark(self, rows: Any) -> None:
+        """Note rows the caller is about to update (the batch's labels) so the next refresh checks their drift."""
+        if self.touched is not None:
+            self.touched.mark(rows)
 
     def refresh_due(self, step: int) -> bool:
         """Whether the index is missing or at least ``refresh_every`` steps old."""
@@ -188,63 +223,143 @@ class NegativeMiner:
     def refresh(self, step: int = 0, changed_rows: np.ndarray | None = None) -> RefreshStats:
         """Bring the index up to date with the current table.
 
-        First build or every ``retrain_every``-th refresh of an IVF index: train the quantizer and add everything.
-        Otherwise keep the trained quantizer and either update only ``changed_rows`` (if given and a small enough
-        share) or reset and re-add all rows. Non-IVF indexes are rebuilt.
+        Builds (trains the quantizer, adds every row) on the first call, every ``retrain_every``-th refresh and when
+        the lists have grown unbalanced. Otherwise keeps the quantizer and moves only the changed rows:
+        ``changed_rows`` if given, else the rows that drifted beyond ``drift_tolerance``; it re-adds everything
+        when more than ``incremental_max_fraction`` of the rows changed. Non-IVF indexes are rebuilt.
         """
         faiss.omp_set_num_threads(self.threads)
-        ivf = self._ivf()
-        retrain = self.index is None or ivf is None or self.refreshes_since_train + 1 >= self.retrain_every
-        incremental = (
-            not retrain
-            and changed_rows is not None
-            and ivf is not None
-            and len(changed_rows) <= self.incremental_max_fraction * self.n
-        )
         t0 = time.perf_counter()
-        train_s = 0.0
-        if incremental:
-            assert changed_rows is not None and ivf is not None
-            ids = np.unique(np.asarray(changed_rows, dtype=np.int64))
-            vectors = self._rows(ids)
-            read_s = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            if len(ids):
-                ivf.update_vectors(ids, vectors)
-            add_s = time.perf_counter() - t1
-            kind, rows = "update", len(ids)
-            self.refreshes_since_train += 1
+        ivf = self._ivf()
+        reason = self._retrain_reason(ivf)
+        if reason:
+            stats = self._build(step, reason)
         else:
-            vectors = self._rows()
-            read_s = time.perf_counter() - t0
-            if retrain:
-                index = faiss.index_factory(self._search_dim, self.index_spec, faiss.METRIC_INNER_PRODUCT)
-                new_ivf = _extract_ivf(index)
-                t1 = time.perf_counter()
-                if not index.is_trained:
-                    index.train(self._training_sample(vectors, new_ivf))
-                train_s = time.perf_counter() - t1
-                if new_ivf is not None:
-                    new_ivf.nprobe = self.nprobe
-                    # An array direct map lets later refreshes move just the changed rows between lists.
-                    new_ivf.set_direct_map_type(faiss.DirectMap.Array)  # type: ignore[attr-defined]  # not in stubs
-                self.index = index
-                self.refreshes_since_train = 0
-                kind = "build"
+            assert ivf is not None
+            self.refreshes_since_train += 1
+            ids = np.unique(np.asarray(changed_rows, np.int64)) if changed_rows is not None else self._drifted(ivf)
+            if ids is not None and len(ids) <= self.incremental_max_fraction * self.n:
+                read_s = time.perf_counter() - t0
+                stats = self._update(step, ivf, ids, read_s)
             else:
-                assert self.index is not None
-                self.index.reset()  # keeps the trained coarse quantizer
-                self.refreshes_since_train += 1
-                kind = "readd"
-            t2 = time.perf_counter()
-            self.index.add(vectors)
-            add_s = time.perf_counter() - t2
-            rows = len(vectors)
+                why = "no drift tolerance" if ids is None else f"{len(ids)} rows changed"
+                stats = self._readd(step, why)
         self.last_refresh_step = step
-        stats = RefreshStats(step=step, kind=kind, rows=rows, read_s=read_s, train_s=train_s, add_s=add_s)
+        # Queries drift as the tower trains, so the nprobe that met the target is re-checked now and then.
+        recheck = stats.kind == "build" or self.refreshes_since_train % self.retune_every == 0
+        self._tune_pending = self.target_recall is not None and self._ivf() is not None and recheck
         self.history.append(stats)
         log.debug("miner refresh %s", stats)
         return stats
+
+    def _retrain_reason(self, ivf: Any | None) -> str:
+        """Why the quantizer must be (re)trained now, or "" if the current one is kept."""
+        if self.index is None:
+            return "first build"
+        if ivf is None:
+            return "not an IVF index"
+        if self.refreshes_since_train + 1 >= self.retrain_every:
+            return f"every {self.retrain_every} refreshes"
+        imbalance = float(ivf.invlists.imbalance_factor())
+        if imbalance > self.imbalance_growth * self._trained_imbalance:
+            return f"imbalance {imbalance:.2f} > {self.imbalance_growth} x {self._trained_imbalance:.2f}"
+        return ""
+
+    def _build(self, step: int, reason: str) -> RefreshStats:
+        """A new index: train the quantizer on a sample and add every row."""
+        t0 = time.perf_counter()
+        vectors = self._rows()
+        read_s = time.perf_counter() - t0
+        index = faiss.index_factory(self._search_dim, self.index_spec, faiss.METRIC_INNER_PRODUCT)
+        ivf = _extract_ivf(index)
+        t1 = time.perf_counter()
+        if not index.is_trained:
+            index.train(self._training_sample(vectors, ivf))
+        train_s = time.perf_counter() - t1
+        if ivf is not None:
+            ivf.nprobe = self.nprobe
+            # An array direct map lets later refreshes move just the changed rows between lists.
+            ivf.set_direct_map_type(faiss.DirectMap.Array)  # type: ignore[attr-defined]  # not in stubs
+        t2 = time.perf_counter()
+        index.add(vectors)
+        add_s = time.perf_counter() - t2
+        self.index = index
+        self.refreshes_since_train = 0
+        if self.touched is not None:
+            self.touched.take()  # every row was just indexed as it is
+        if ivf is not None:
+            self._trained_imbalance = float(ivf.invlists.imbalance_factor())
+        return RefreshStats(step, "build", len(vectors), read_s, train_s, add_s, reason)
+
+    def _readd(self, step: int, reason: str) -> RefreshStats:
+        """Empty the lists and add every row again, keeping the trained quantizer."""
+        assert self.index is not None
+        t0 = time.perf_counter()
+        vectors = self._rows()
+        read_s = time.perf_counter() - t0
+        self.index.reset()
+        t1 = time.perf_counter()
+        self.index.add(vectors)
+        return RefreshStats(step, "readd", len(vectors), read_s, 0.0, time.perf_counter() - t1, reason)
+
+    def _update(self, step: int, ivf: Any, ids: np.ndarray, read_s: float) -> RefreshStats:
+        """Move just these rows to their current vectors (and lists)."""
+        t0 = time.perf_counter()
+        vectors = self._rows(ids)
+        read_s += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        if len(ids):
+            ivf.update_vectors(ids, vectors)
+        return RefreshStats(step, "update", len(ids), read_s, 0.0, time.perf_counter() - t1)
+
+    def _drifted(self, ivf: Any, chunk: int = 1 << 17) -> np.ndarray | None:
+        """Rows whose current vector is farther than drift_tolerance x RMS row norm from their indexed copy.
+
+        The tolerance is relative to the table's typical row rather than to each row, so a score u·v moves by at
+        most about tolerance x |u| x typical |v| for every row left alone, whatever that row's own norm.
+        """
+        if self.drift_tolerance is None or not ivf.direct_map.type:  # no direct map: cannot read rows back
+            return None
+        assert self.index is not None
+        if self.touched is not None:
+            return self._drifted_among(self.touched.take(), chunk)
+        moved = np.empty(self.n, np.float32)
+        norms = 0.0
+        for lo in range(0, self.n, chunk):
+            hi = min(self.n, lo + chunk)
+            current = self._row_range(lo, hi)
+            diff = self.index.reconstruct_n(lo, hi - lo)
+            np.subtract(current, diff, out=diff)
+            moved[lo:hi] = np.einsum("ij,ij->i", diff, diff)
+            norms += float(np.einsum("ij,ij->i", current, current).sum(dtype=np.float64))
+        rms2 = norms / max(self.n, 1)
+        return np.flatnonzero(moved > self.drift_tolerance**2 * rms2).astype(np.int64)
+
+    def _drifted_among(self, ids: np.ndarray, chunk: int) -> np.ndarray:
+        """The drifted rows among ids, against the RMS row norm of a fixed-size random sample of the table.
+
+        Rows outside ids were only ever in a uniform tail, whose per-row gradient is about 1/m of a label's: they
+        stay put between rebuilds (every retrain_every refreshes), which re-index everything anyway.
+        """
+        assert self.index is not None and self.drift_tolerance is not None
+        sample = np.sort(self._rng.choice(self.n, size=min(self.n, 16_384), replace=False))
+        rows = self._rows(sample)
+        rms2 = float(np.einsum("ij,ij->i", rows, rows).mean(dtype=np.float64))
+        out = []
+        for lo in range(0, len(ids), chunk):
+            part = ids[lo : lo + chunk]
+            diff = self.index.reconstruct_batch(part)
+            np.subtract(self._rows(part), diff, out=diff)
+            out.append(part[np.einsum("ij,ij->i", diff, diff) > self.drift_tolerance**2 * rms2])
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def _row_range(self, lo: int, hi: int) -> np.ndarray:
+        """Rows lo..hi-1 of the current table, bias appended as a last column when present (one copy)."""
+        out = np.empty((hi - lo, self._search_dim), np.float32)
+        out[:, : self.dim] = _as_float32(self.table[lo:hi])
+        if self.bias is not None:
+            out[:, self.dim] = _as_float32(self.bias[lo:hi])
+        return out
 
     def _training_sample(self, vectors: np.ndarray, ivf: Any | None) -> np.ndarray:
         """Vectors to train the quantizer on: a random subset of train_points_per_centroid · nlist rows."""
@@ -266,10 +381,48 @@ class NegativeMiner:
             raise RuntimeError("the miner has no index yet: call refresh() first")
         k = self.k if k is None else k
         k_prime = max(k, self.k_prime if k_prime is None else k_prime)
-        queries = self._queries(u)
+        if self._tune_pending:
+            self.tune_nprobe(u)
+        found = self._search(self._queries(u), k, k_prime)
+        self.mark(found)  # the training step is about to update these rows
+        return found
+
+    def _search(self, queries: np.ndarray, k: int, k_prime: int) -> np.ndarray:
+        """Fetch k_prime per query from the index and keep the k best by the current table."""
+        assert self.index is not None
         faiss.omp_set_num_threads(self.threads if self._search_work(len(queries)) > _PARALLEL_WORK else 1)
         _, ids = self.index.search(queries, k_prime)
         return self._rescore(queries, ids, k)
+
+    def tune_nprobe(self, u: Any, sample: int = 128) -> int:
+        """Set nprobe to the smallest power of two whose re-scored top-K holds target_recall of the exact top-K.
+
+        Measured on up to ``sample`` of these live queries against an exact scan of the current table (O(sample·n·d),
+        once per check). If no value up to max_nprobe reaches the target, max_nprobe is kept and a warning logged:
+        the training diagnostics' index recall then shows the shortfall.
+        """
+        self._tune_pending = False
+        ivf = self._ivf()
+        if ivf is None or self.target_recall is None:
+            return self.nprobe
+        queries = _as_float32(u)
+        if len(queries) > sample:
+            queries = queries[np.sort(self._rng.choice(len(queries), size=sample, replace=False))]
+        exact = self.exact_topk(queries, self.k)
+        tried: dict[int, float] = {}
+        nprobe = 1
+        while True:
+            ivf.nprobe = nprobe
+            found = self._search(self._queries(queries), self.k, self.k_prime)
+            tried[nprobe] = sum(len(np.intersect1d(e, f)) for e, f in zip(exact, found, strict=True)) / exact.size
+            if tried[nprobe] >= self.target_recall or nprobe >= min(int(ivf.nlist), self.max_nprobe):
+                break
+            nprobe *= 2
+        if tried[nprobe] < self.target_recall:
+            log.warning("nprobe %d reaches recall %.3f < target %.3f", nprobe, tried[nprobe], self.target_recall)
+        self.nprobe = nprobe
+        self.tuning = {"nprobe": nprobe, "recall": tried[nprobe], "tried": tried, "queries": len(queries)}
+        return nprobe
 
     def _search_work(self, n_queries: int) -> float:
         """Rough multiply-adds of one batch search (coarse assignment + scanned lists, or all rows)."""

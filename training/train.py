@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,9 @@ class Trainer:
                 warmup_steps=cfg.warmup_steps,
                 index_spec=index_spec,
                 nprobe=cfg.nprobe,
+                target_recall=cfg.index_target_recall,
+                max_nprobe=cfg.index_max_nprobe,
+                drift_tolerance=cfg.refresh_drift,
                 seed=cfg.seed,
             )
         # Variables are listed explicitly: Keras 3 does not expose layers held in lists or dicts to tf.train's
@@ -124,6 +128,8 @@ class Trainer:
         """One training step on a batch (mining the top-K head first when the loss needs it); the loss value."""
         features = {k: batch[k] for k in FEATURE_NAMES}
         candidates = self.candidates(step, features)
+        if self.miner is not None:
+            self.miner.mark(batch["label"])  # label rows move the most: the next refresh checks them
         return float(self._train_step(features, batch["label"], candidates))
 
     def candidates(self, step: int, features: dict[str, np.ndarray]) -> np.ndarray:
@@ -328,6 +334,8 @@ def _report(
         "validation_popularity": trainer.popularity(validation),
         "estimator_diagnostics": state.diagnostics[-5:],
         "miner_refreshes": [asdict(s) for s in trainer.miner.history[-5:]] if trainer.miner else [],
+        "miner_refresh_kinds": dict(Counter(s.kind for s in trainer.miner.history)) if trainer.miner else {},
+        "miner_nprobe_tuning": trainer.miner.tuning if trainer.miner else None,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "config": {"model": trainer.model_cfg.model_dump(mode="json"), "train": trainer.cfg.model_dump(mode="json")},
         "files": {"embeddings": EMBEDDINGS_FILE, "bias": BIAS_FILE, "weights": "best.weights.h5"},

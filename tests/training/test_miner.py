@@ -105,7 +105,14 @@ def test_schedule_warmup_refresh_and_retrain() -> None:
     table, _ = _clustered(2000, 8, 10, seed=6)
     V = tf.Variable(table)
     miner = NegativeMiner(
-        V, k=4, k_prime=8, refresh_every=10, warmup_steps=20, retrain_every=3, index_spec="IVF40,Flat"
+        V,
+        k=4,
+        k_prime=8,
+        refresh_every=10,
+        warmup_steps=20,
+        retrain_every=3,
+        index_spec="IVF40,Flat",
+        track_touched=False,
     )
     assert not miner.topk_enabled(0) and not miner.topk_enabled(19) and miner.topk_enabled(20)
     kinds = []
@@ -115,7 +122,9 @@ def test_schedule_warmup_refresh_and_retrain() -> None:
             assert step >= 20
             kinds.append((step, stats.kind))
     assert [s for s, _ in kinds] == list(range(20, 100, 10))
-    assert [k for _, k in kinds] == ["build", "readd", "readd", "build", "readd", "readd", "build", "readd"]
+    # Nothing moved between refreshes: the kept-quantizer refreshes are empty updates.
+    assert [k for _, k in kinds] == ["build", "update", "update", "build", "update", "update", "build", "update"]
+    assert all(s.rows == 0 for s in miner.history if s.kind == "update")
 
     def centroids() -> np.ndarray:
         assert miner.index is not None
@@ -124,10 +133,102 @@ def test_schedule_warmup_refresh_and_retrain() -> None:
 
     before = centroids()
     V.assign(table[::-1] + 1.0)
-    assert miner.refresh(100).kind == "readd"  # a re-add keeps the trained coarse quantizer
+    assert miner.refresh(100).kind == "readd"  # every row moved: a re-add, which keeps the trained quantizer
     np.testing.assert_array_equal(centroids(), before)
     assert miner.refresh(110).kind == "build"  # ... and a retrain replaces it
     assert not np.array_equal(centroids(), before)
+
+
+def test_refresh_moves_only_rows_that_drifted() -> None:
+    table, queries = _clustered(4000, 16, 20, seed=10)
+    V = tf.Variable(table)
+    miner = NegativeMiner(
+        V, k=10, k_prime=40, nprobe=32, index_spec="IVF64,Flat", drift_tolerance=0.05, track_touched=False
+    )
+    miner.refresh(0)
+    rng = np.random.default_rng(11)
+    rms = float(np.sqrt((table.astype(np.float64) ** 2).sum(axis=1).mean()))
+    far = rng.choice(4000, 300, replace=False)
+    near = np.setdiff1d(rng.choice(4000, 500, replace=False), far)
+    moved = table.copy()
+    direction = rng.normal(size=(4000, 16)).astype(np.float32)
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    moved[far] += 0.2 * rms * direction[far]  # 4x the tolerance
+    moved[near] += 0.01 * rms * direction[near]  # a fifth of it
+    V.assign(moved)
+    stats = miner.refresh(1)
+    assert stats.kind == "update" and stats.rows == len(far)
+    assert miner.index is not None
+    np.testing.assert_allclose(miner.index.reconstruct_batch(np.sort(far)), moved[np.sort(far)], rtol=1e-6)
+    np.testing.assert_array_equal(miner.index.reconstruct_batch(near), table[near])  # left at their old place
+    # When most rows move, a full re-add is cheaper than moving them one by one.
+    V.assign(moved + 0.5 * rms * direction)
+    assert miner.refresh(2).kind == "readd"
+    assert miner.recall_of_true_topk(queries, k=10) > 0.9
+
+
+def test_drift_is_checked_on_touched_rows_only_until_the_next_rebuild() -> None:
+    table, queries = _clustered(4000, 16, 20, seed=16)
+    V = tf.Variable(table)
+    miner = NegativeMiner(V, k=10, k_prime=40, nprobe=8, index_spec="IVF64,Flat", retrain_every=3)
+    assert miner.touched is not None
+    miner.refresh(0)
+    found = miner.search(queries[:5])  # candidates the step would update are marked by the search itself
+    labels = np.array([7, 11, 13])
+    miner.mark(labels)
+    marked = np.union1d(found[found >= 0], labels)
+    unmarked = np.setdiff1d(np.arange(4000), marked)[:50]
+    moved = table.copy()
+    moved[marked] += 2.0  # far beyond the tolerance
+    moved[unmarked] += 2.0  # as far, but nobody said these were updated
+    V.assign(moved)
+    stats = miner.refresh(1)
+    assert stats.kind == "update" and stats.rows == len(marked)
+    assert miner.index is not None
+    np.testing.assert_allclose(miner.index.reconstruct_batch(marked), moved[marked], rtol=1e-6)
+    np.testing.assert_array_equal(miner.index.reconstruct_batch(unmarked), table[unmarked])
+    assert miner.refresh(2).rows == 0  # the marks were consumed
+    assert miner.refresh(3).kind == "build"  # the periodic rebuild re-indexes everything
+    np.testing.assert_allclose(miner.index.reconstruct_batch(unmarked), moved[unmarked], rtol=1e-6)
+
+
+def test_unbalanced_lists_trigger_a_retrain() -> None:
+    table, _ = _clustered(4000, 16, 40, seed=12)
+    V = tf.Variable(table)
+    miner = NegativeMiner(
+        V, k=4, k_prime=8, index_spec="IVF40,Flat", retrain_every=100, imbalance_growth=1.5, track_touched=False
+    )
+    assert miner.refresh(0).kind == "build"
+    collapsed = table[np.random.default_rng(13).integers(0, 40, 4000) % 3]  # three clusters' rows everywhere
+    V.assign(collapsed + 0.001 * np.random.default_rng(14).normal(size=table.shape).astype(np.float32))
+    assert miner.refresh(1).kind == "readd"  # the lists are still balanced when this refresh starts
+    stats = miner.refresh(2)
+    assert stats.kind == "build" and stats.reason.startswith("imbalance")
+
+
+def test_nprobe_tuned_to_the_smallest_value_reaching_target_recall() -> None:
+    table, queries = _clustered(20_000, 32, 64, seed=15, noise=0.6)
+    miner = NegativeMiner(tf.Variable(table), k=10, k_prime=40, index_spec="IVF256,Flat", target_recall=0.9)
+    miner.refresh(0)
+    miner.search(queries)  # the first search after a build tunes nprobe on its queries
+    assert miner.tuning is not None
+    chosen, tried = miner.tuning["nprobe"], miner.tuning["tried"]
+    assert miner.nprobe == chosen and list(tried) == [2**i for i in range(len(tried))]
+    assert tried[chosen] >= 0.9
+    assert chosen > 1 and tried[chosen // 2] < 0.9  # smaller values were tried and missed
+    assert miner.recall_of_true_topk(queries, k=10) >= 0.85  # and it holds on other queries
+    # A stricter target needs more lists probed.
+    strict = NegativeMiner(tf.Variable(table), k=10, k_prime=40, index_spec="IVF256,Flat", target_recall=0.999)
+    strict.refresh(0)
+    strict.search(queries)
+    assert strict.nprobe > chosen
+    # ... unless the cost cap stops it: then the cap is kept and the shortfall recorded.
+    capped = NegativeMiner(
+        tf.Variable(table), k=10, k_prime=40, index_spec="IVF256,Flat", target_recall=0.999, max_nprobe=2
+    )
+    capped.refresh(0)
+    capped.search(queries)
+    assert capped.tuning is not None and capped.nprobe == 2 and capped.tuning["recall"] < 0.999
 
 
 def test_incremental_update_equals_readd() -> None:
@@ -135,7 +236,7 @@ def test_incremental_update_equals_readd() -> None:
     V = tf.Variable(table)
     a = NegativeMiner(V, k=10, k_prime=40, nprobe=32, index_spec="IVF64,Flat")
     a.refresh(0)
-    b = NegativeMiner(V, k=10, k_prime=40, nprobe=32, index_spec="IVF64,Flat")
+    b = NegativeMiner(V, k=10, k_prime=40, nprobe=32, index_spec="IVF64,Flat", drift_tolerance=None)
     b.refresh(0)
     assert a.index is not None
     b.index = faiss.clone_index(a.index)  # same trained quantizer for both
