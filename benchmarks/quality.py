@@ -2,7 +2,8 @@
 
     python benchmarks/quality.py --dataset ml-100k --json benchmarks/results/quality_ml100k.json
     python benchmarks/quality.py --dataset ml-100k --movielens ml-1m.zip --json benchmarks/results/quality_ml1m.json
-    python benchmarks/quality.py --dataset synthetic --json benchmarks/results/quality_synthetic.json
+    python benchmarks/quality.py --dataset synthetic --videos 10000 --users 10000 --events 500000 --epochs 6
+        --protocols time_split --json benchmarks/results/quality_synthetic.json  # (one line)
     python benchmarks/quality.py --dataset synthetic --videos 1000000 --budget-seconds 300 --json quality_1m.json
 
 Protocols (each one pipeline run over the same raw log):
@@ -15,7 +16,9 @@ Protocols (each one pipeline run over the same raw log):
 Methods, all scored by `recsys.metrics.label_ranks` over the FULL catalogue with exact scores (OOV label = miss,
 index 0 never retrievable, no exclusion unless --exclude-history, which hides the example's history for every method):
 - the two-tower model trained with each loss (full, loguniform, inbatch, topk_random): same model, same data, same
-  budget (epochs, early stopping on validation recall@100), the best epoch scored on test;
+  grid (TWO_TOWER_GRID: the learning rate) searched per loss; every grid point trains up to the epoch cap with early
+  stopping on validation recall@100, and the point with the best validation recall@100 (at its best epoch) is the
+  one scored on test;
 - popularity (training label counts);
 - implicit's ALS (CPU), user factor folded in from each example's own history (the history the two-tower sees);
 - implicit's BPR (CPU), scored from the user factors it learned on the training window (it cannot fold in);
@@ -27,18 +30,20 @@ picked on the validation split from a small grid (recorded in meta). Nothing is 
 
 Budget mode (--budget-seconds, implied by --videos >= 1000000): only the sampled losses, each trained for the same
 wall-clock time in a loop around `training.train.Trainer`, then scored on (a seeded subset of) test, with the share
-of each top-100 whose planted topic is one of the user's planted interests beside popularity's.
+of each top-100 whose planted topic is one of the user's planted interests beside popularity's. On synthetic data the
+main mode reports that planted-topic share for every method too (meta "topic_share@100").
 
 Writes the JSON (metrics per protocol and method + meta) and `<json stem>.ranks.npz` with every method's per-example
 test ranks under "<protocol>/<method>" (same example order for every method) and each test example's user id under
 "groups/<protocol>". Every metric carries a 95% interval from `recsys.stats.summarise` (a bootstrap over test users)
 and the target checks and `meta["comparisons"]` are paired user bootstraps (`recsys.stats.compare`). At the end
-`benchmarks/report.py` turns the JSON and the ranks into `quality.md` and the plots beside the JSON.
+`benchmarks/report.py` turns the JSON and the ranks into `<json stem>.md` and the plots beside the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -47,7 +52,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -74,7 +79,7 @@ from benchmarks.baselines import (
     grid_search,
     interaction_matrix,
 )
-from benchmarks.report import write_report
+from benchmarks.report import COMPARE_METRICS, write_report
 from pipelines.movielens import read_movielens
 from pipelines.pipeline import run_pipeline
 from pipelines.sources import resolve_inputs
@@ -85,7 +90,7 @@ from recsys.ease import DEFAULT_LAMBDAS, choose_lambda, ease_scorer, fit_ease
 from recsys.features import FeatureSpace
 from recsys.metrics import Scorer, dot_scorer, label_ranks, metrics_from_ranks, popularity_scorer
 from recsys.schemas import OOV_INDEX, TIMESTAMP
-from recsys.stats import compare, summarise
+from recsys.stats import compare, holm_adjust, summarise
 from training.data import Batch, ExampleSet, iterate_batches, to_batch
 from training.evaluate import evaluate_run, load_run, user_vectors
 from training.train import BIAS_FILE, EMBEDDINGS_FILE, Trainer, train
@@ -115,6 +120,22 @@ BPR_GRID = {
 MOVIELENS_TEST_DAYS = 49
 MOVIELENS_VALIDATION_DAYS = 14
 EASE_GRID = DEFAULT_LAMBDAS
+# Two-tower grid per dataset kind, searched per loss and protocol on validation recall@100 (keys: TrainConfig or
+# ModelConfig fields); every point trains up to the epoch cap with early stopping and its best epoch counts.
+TWO_TOWER_GRID: dict[str, dict[str, tuple[Any, ...]]] = {
+    "movielens": {"learning_rate": (0.2, 0.4)},
+    "synthetic": {"learning_rate": (0.2, 0.4)},
+}
+# How the grid was fixed (validation only; recorded in the JSON and the report).
+TWO_TOWER_GRID_NOTE = (
+    "Grid fixed by a validation-only exploration on the ML-100K time split (full and topk_random, best validation "
+    "recall@100): learning rate 0.8 and 1.6 never left the popularity-level plateau of the first epochs (<= 0.25); "
+    "0.1 with patience 3 stopped inside that plateau; 0.15 (patience 5), 0.2 and 0.3 were within 0.003 of each other "
+    "and 0.01-0.02 above 0.4; embedding_dim 32/128, batch size 128 and patience 6 moved it by <= 0.01 at lr 0.4. "
+    "Hence learning_rate in {0.2, 0.4} with the epoch cap raised to 40 and patience 4 (3 could stop inside the "
+    "plateau). exclude_history_from_head=True could not be tried: it fails in recsys/softmax.py (int32/int64 "
+    "tf.where)."
+)
 N_BOOT = 2000  # user-bootstrap replicates of every interval and paired comparison
 BOOT_SEED = 0
 COMPARE_BASE = "topk_random"
@@ -153,19 +174,19 @@ def pipeline_config(kind: str, protocol: str) -> PipelineConfig:
 
 
 def model_configs(kind: str, epochs: int | None, budget: bool) -> tuple[ModelConfig, TrainConfig]:
-    """The model and the training budget shared by every loss (MovieLens: the known working ML-100K config)."""
+    """The base model and training config of every loss; TWO_TOWER_GRID's values are searched on top of it."""
     model = ModelConfig(hidden=[256], embedding_dim=64)
     if kind == "movielens":
         cfg = TrainConfig(
             batch_size=256,
-            epochs=15,
+            epochs=40,
             learning_rate=0.4,
             uniform_samples=256,
             top_k=16,
             top_k_fetch=32,
             warmup_steps=50,
             refresh_every=50,
-            patience=3,
+            patience=4,
         )
     else:  # synthetic: not tuned; m and K around sqrt(n) as the design suggests
         cfg = TrainConfig(
@@ -182,6 +203,24 @@ def model_configs(kind: str, epochs: int | None, budget: bool) -> tuple[ModelCon
     if epochs is not None:
         cfg = with_overrides(cfg, epochs=epochs)
     return model, cfg
+
+
+def grid_points(axes: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's axes as a {field: value} dict, in a stable order."""
+    names = list(axes)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*axes.values())]
+
+
+def apply_point(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, point: dict[str, Any]
+) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training configs with one grid point's values (each key a ModelConfig or TrainConfig field)."""
+    unknown = set(point) - set(ModelConfig.model_fields) - set(TrainConfig.model_fields)
+    if unknown:
+        raise KeyError(f"grid keys {sorted(unknown)} are neither ModelConfig nor TrainConfig fields")
+    model_values = {k: v for k, v in point.items() if k in ModelConfig.model_fields}
+    train_values = {k: v for k, v in point.items() if k in TrainConfig.model_fields}
+    return with_overrides(model_cfg, **model_values), with_overrides(train_cfg, **train_values)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -365,11 +404,15 @@ def check_targets(
 
 
 # --------------------------------------------------------------------------------------------- methods
+def two_tower_scorer(run_dir: Path, batch: Batch) -> Scorer:
+    """Exact full-catalogue scores of a finished run's best epoch for the batch's examples."""
+    _, model = load_run(run_dir)
+    return dot_scorer(user_vectors(model, batch), np.load(run_dir / EMBEDDINGS_FILE), np.load(run_dir / BIAS_FILE))
+
+
 def score_two_tower(run_dir: Path, batch: Batch, exclude: np.ndarray | None, chunk: int) -> np.ndarray:
     """Test ranks of a finished run's best epoch (exactly what `training.evaluate.evaluate_run` computes)."""
-    _, model = load_run(run_dir)
-    scorer = dot_scorer(user_vectors(model, batch), np.load(run_dir / EMBEDDINGS_FILE), np.load(run_dir / BIAS_FILE))
-    return label_ranks(scorer, batch["label"], exclude, chunk)
+    return label_ranks(two_tower_scorer(run_dir, batch), batch["label"], exclude, chunk)
 
 
 def train_for_budget(
@@ -460,6 +503,21 @@ def planted_truth(
     return video_topic, user_rows(test_users, users), matrix
 
 
+def planted_share(
+    prepared: Prepared, data: ExampleSet, test_table: pa.Table, exclude: np.ndarray | None, chunk: int
+) -> Callable[[Scorer], float] | None:
+    """On synthetic data: scorer -> mean share of each test example's top-100 in its user's planted topics."""
+    if prepared.truth is None:
+        return None
+    video_topic, rows_user, interests = planted_truth(prepared.truth, data.features, test_table["user_id"])
+    n_rows = test_table.num_rows
+
+    def share(scorer: Scorer) -> float:
+        return topic_share(scorer, n_rows, rows_user, interests, video_topic, exclude, max(chunk // 2, 8))
+
+    return share
+
+
 @dataclass
 class ProtocolRun:
     """What one protocol produced: test metrics and ranks per method, and its meta."""
@@ -481,8 +539,12 @@ def run_baselines(
     exclude: np.ndarray | None,
     chunk: int,
     seed: int,
+    share: Callable[[Scorer], float] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """ALS (fold-in), BPR (learned user factors) and EASE (history) picked on validation, then ranked on test."""
+    """ALS (fold-in), BPR (learned user factors) and EASE (history) picked on validation, then ranked on test.
+
+    With `share` (synthetic data), meta["topic_share@100"] holds share(test scorer) of each of them.
+    """
     split = prepared.pipeline[protocol]["split"]
     dictionary, matrix = training_window(prepared.events, protocol, split, data.features)
     log(f"{protocol}: ALS/BPR training window: {matrix.shape[0]} users, {matrix.nnz} (user, video) pairs")
@@ -497,7 +559,11 @@ def run_baselines(
         validation["label"],
         chunk=chunk,
     )
-    ranks["als"] = label_ranks(als_scorer(als.model, test["history"]), test["label"], exclude, chunk)
+    shares: dict[str, float] = {}
+    scorer = als_scorer(als.model, test["history"])
+    ranks["als"] = label_ranks(scorer, test["label"], exclude, chunk)
+    if share is not None:
+        shares["als"] = share(scorer)
     meta["als"] = {
         "grid": ALS_GRID,
         "chosen": als.chosen["params"],
@@ -522,7 +588,10 @@ def run_baselines(
         chunk=chunk,
     )
     test_rows = user_rows(test_users, dictionary)
-    ranks["bpr"] = label_ranks(bpr_scorer(bpr.model, test_rows), test["label"], exclude, chunk)
+    scorer = bpr_scorer(bpr.model, test_rows)
+    ranks["bpr"] = label_ranks(scorer, test["label"], exclude, chunk)
+    if share is not None:
+        shares["bpr"] = share(scorer)
     meta["bpr"] = {
         "grid": BPR_GRID,
         "chosen": bpr.chosen["params"],
@@ -537,8 +606,11 @@ def run_baselines(
         f"{protocol}: BPR chose {bpr.chosen['params']} "
         f"(validation recall@100 {bpr.chosen['validation']['recall@100']:.4f})"
     )
-    ease_ranks, meta["ease"] = run_ease(matrix, validation, test, exclude, chunk)
+    ease_ranks, meta["ease"] = run_ease(matrix, validation, test, exclude, chunk, share)
     ranks["ease"] = ease_ranks
+    if share is not None:
+        shares["ease"] = meta["ease"].pop("topic_share@100")
+        meta["topic_share@100"] = shares
     log(
         f"{protocol}: EASE chose lambda={meta['ease']['chosen']['lambda']} (validation recall@100 "
         f"{meta['ease']['chosen_validation']['recall@100']:.4f})"
@@ -547,7 +619,12 @@ def run_baselines(
 
 
 def run_ease(
-    matrix: sp.csr_matrix, validation: Batch, test: Batch, exclude: np.ndarray | None, chunk: int
+    matrix: sp.csr_matrix,
+    validation: Batch,
+    test: Batch,
+    exclude: np.ndarray | None,
+    chunk: int,
+    share: Callable[[Scorer], float] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """EASE on the ALS training matrix: lambda chosen on validation, test ranked from each example's own history."""
     t0 = time.perf_counter()
@@ -556,8 +633,9 @@ def run_ease(
     t0 = time.perf_counter()
     weights = fit_ease(matrix, lam)
     fit_s = time.perf_counter() - t0
-    ranks = label_ranks(ease_scorer(weights, test["history"]), test["label"], exclude, chunk)
-    meta = {
+    scorer = ease_scorer(weights, test["history"])
+    ranks = label_ranks(scorer, test["label"], exclude, chunk)
+    meta: dict[str, Any] = {
         "grid": {"lambda": list(EASE_GRID)},
         "chosen": {"lambda": lam},
         "chosen_validation": table[lam],
@@ -567,7 +645,78 @@ def run_ease(
         "training_matrix": "the ALS/BPR training-window matrix, binarised",
         "scoring": "x . B with x the example's own (padded) history, binary; no exclusion unless --exclude-history",
     }
+    if share is not None:
+        meta["topic_share@100"] = share(scorer)
     return ranks, meta
+
+
+def tune_loss(
+    examples: Path,
+    runs_dir: Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    axes: dict[str, Sequence[Any]],
+    args: argparse.Namespace,
+) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Train one loss at every grid point; keep the point with the best validation recall@100 (its best epoch).
+
+    Returns the chosen run's directory, its meta entry (grid, chosen values, every point's validation result) and
+    its training report. Test is never looked at here.
+    """
+    t_grid = time.perf_counter()
+    points: list[dict[str, Any]] = []
+    chosen: tuple[int, dict[str, Any], float] | None = None  # grid index, training report, wall seconds
+    best_val = -math.inf
+    for i, point in enumerate(grid_points(axes)):
+        point_model, point_train = apply_point(model_cfg, train_cfg, point)
+        run_dir = runs_dir / f"point-{i}"
+        t0 = time.perf_counter()
+        report = train(examples, run_dir, point_model, point_train, progress=args.progress)
+        wall = time.perf_counter() - t0
+        best = report["epochs"][report["best_epoch"] - 1]
+        points.append(
+            {
+                "params": point,
+                "validation": {k: best[k] for k in METRIC_KEYS},
+                "best_epoch": report["best_epoch"],
+                "epochs_run": report["epochs_run"],
+                "stopped_early": report["stopped_early"],
+                "wall_s": round(wall, 2),
+            }
+        )
+        log(
+            f"  {train_cfg.loss} {point}: validation recall@100 {best['recall@100']:.4f} at epoch "
+            f"{report['best_epoch']}/{report['epochs_run']} ({wall:.0f} s)"
+        )
+        if best["recall@100"] > best_val:  # ties keep the earlier point
+            if chosen is not None:  # only the best run stays on disk
+                shutil.rmtree(runs_dir / f"point-{chosen[0]}", ignore_errors=True)
+            chosen, best_val = (i, report, wall), best["recall@100"]
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    if chosen is None:
+        raise ValueError("empty two-tower grid")
+    index, report, wall = chosen
+    run_dir = runs_dir / f"point-{index}"
+    best = report["epochs"][report["best_epoch"] - 1]
+    entry: dict[str, Any] = {
+        "grid": {k: list(v) for k, v in axes.items()},
+        "chosen": points[index]["params"],
+        "chosen_validation": {k: best[k] for k in METRIC_KEYS},
+        "epoch_cap": train_cfg.epochs,
+        "patience": train_cfg.patience,
+        "points": points,
+        "grid_s": round(time.perf_counter() - t_grid, 2),
+        "wall_s": round(wall, 2),
+        "timings_s": report["timings_s"],
+        "steps": report["steps"],
+        "epochs_run": report["epochs_run"],
+        "best_epoch": report["best_epoch"],
+        "stopped_early": report["stopped_early"],
+        "validation_best": {k: best[k] for k in METRIC_KEYS},
+        "epochs": [{k: v for k, v in e.items() if isinstance(v, (int, float))} for e in report["epochs"]],
+    }
+    return run_dir, entry, report
 
 
 def run_protocol(
@@ -600,38 +749,36 @@ def run_protocol(
         "losses": {},
     }
     log(f"{protocol}: {out.meta['examples']} examples, {n} videos in the vocabulary")
+    share = planted_share(prepared, data, test_table, exclude, chunk)
+    if share is not None:
+        out.meta["topic_share@100"] = {}
 
+    axes = args.two_tower_grid
     for loss in args.losses:
-        run_dir = work / "runs" / f"{prepared.name}-{protocol}" / loss
-        shutil.rmtree(run_dir, ignore_errors=True)
-        t0 = time.perf_counter()
-        report = train(examples, run_dir, model_cfg, with_overrides(train_cfg, loss=loss), progress=args.progress)
-        wall = time.perf_counter() - t0
-        out.ranks[loss] = score_two_tower(run_dir, test, exclude, chunk)
+        runs_dir = work / "runs" / f"{prepared.name}-{protocol}" / loss
+        shutil.rmtree(runs_dir, ignore_errors=True)
+        loss_cfg = with_overrides(train_cfg, loss=loss)
+        run_dir, entry, report = tune_loss(examples, runs_dir, model_cfg, loss_cfg, axes, args)
+        scorer = two_tower_scorer(run_dir, test)
+        out.ranks[loss] = label_ranks(scorer, test["label"], exclude, chunk)
+        if share is not None:
+            out.meta["topic_share@100"][loss] = share(scorer)
         mine = metrics_from_ranks(out.ranks[loss])
-        best = report["epochs"][report["best_epoch"] - 1]
-        entry: dict[str, Any] = {
-            "wall_s": round(wall, 2),
-            "timings_s": report["timings_s"],
-            "steps": report["steps"],
-            "epochs_run": report["epochs_run"],
-            "best_epoch": report["best_epoch"],
-            "stopped_early": report["stopped_early"],
-            "validation_best": {k: best[k] for k in METRIC_KEYS},
-            "epochs": [{k: v for k, v in e.items() if isinstance(v, (int, float))} for e in report["epochs"]],
-        }
         if len(test["label"]) * n <= 5e8:  # cross-check against the project's own evaluation of the run
             official = evaluate_run(run_dir, "test", exclude_history=args.exclude_history)["model"]
             entry["evaluate_run_agrees"] = all(abs(official[k] - mine[k]) < 1e-9 for k in METRIC_KEYS)
         out.meta["losses"][loss] = entry
         out.meta.setdefault("validation_popularity", {k: report["validation_popularity"][k] for k in METRIC_KEYS})
         log(
-            f"{protocol}: {loss}: {report['epochs_run']} epochs (best {report['best_epoch']}) in {wall:.0f} s, "
-            f"validation recall@100 {best['recall@100']:.4f}, test recall@100 {mine['recall@100']:.4f}"
+            f"{protocol}: {loss}: chose {entry['chosen']} (validation recall@100 "
+            f"{entry['validation_best']['recall@100']:.4f}) from {len(entry['points'])} points in "
+            f"{entry['grid_s']:.0f} s, test recall@100 {mine['recall@100']:.4f}"
         )
-        tf.keras.backend.clear_session()
 
-    out.ranks["popularity"] = label_ranks(popularity_scorer(data.label_counts()), test["label"], exclude, chunk)
+    popularity = popularity_scorer(data.label_counts())
+    out.ranks["popularity"] = label_ranks(popularity, test["label"], exclude, chunk)
+    if share is not None:
+        out.meta["topic_share@100"]["popularity"] = share(popularity)
     if not args.skip_baselines:
         ranks, meta = run_baselines(
             prepared,
@@ -644,8 +791,11 @@ def run_protocol(
             exclude,
             chunk,
             args.seed,
+            share,
         )
         out.ranks |= ranks
+        if share is not None:
+            out.meta["topic_share@100"] |= meta.pop("topic_share@100")
         out.meta |= meta
     out.metrics = {m: metrics_from_ranks(r) for m, r in out.ranks.items()}
     out.meta["checks"] = check_targets(out.metrics, out.ranks, out.groups)
@@ -674,7 +824,9 @@ def add_intervals(
             entry["n_examples"] = summary[method]["map"]["n_examples"]
             entry["n_users"] = summary[method]["map"]["n_users"]
         pairs = [(COMPARE_BASE, b) for b in COMPARE_WITH if COMPARE_BASE in ranks and b in ranks]
-        comparisons[protocol] = compare(ranks, run.groups, pairs, n_boot=N_BOOT, seed=BOOT_SEED)
+        # Holm family: every pair x every reported metric of this protocol.
+        raw = compare(ranks, run.groups, pairs, n_boot=N_BOOT, seed=BOOT_SEED)
+        comparisons[protocol] = holm_adjust(raw, COMPARE_METRICS)
     return comparisons
 
 
@@ -761,7 +913,8 @@ def format_table(protocol: str, run: ProtocolRun, dataset: str) -> str:
             info = meta["losses"][method]
             if "validation_best" in info:
                 val = f"{info['validation_best']['recall@100']:.4f}"
-                note = f"best epoch {info['best_epoch']}/{info['epochs_run']}"
+                chosen = ", ".join(f"{k}={v}" for k, v in info.get("chosen", {}).items())
+                note = f"{chosen + ', ' if chosen else ''}best epoch {info['best_epoch']}/{info['epochs_run']}"
             else:
                 note = f"{info['steps']} steps, {info['epochs']} epochs"
             secs = f"{info.get('wall_s', info.get('train_s')):.0f}"
@@ -818,7 +971,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=["ml-100k", "synthetic"], default="ml-100k")
     parser.add_argument("--movielens", type=Path, default=None, help="a MovieLens zip (100K, 1M or latest)")
     parser.add_argument("--json", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=None, help="epoch cap of every loss (default: 15 / 5)")
+    parser.add_argument("--epochs", type=int, default=None, help="epoch cap of every loss (default: 40 / 5)")
+    parser.add_argument(
+        "--learning-rates",
+        default=None,
+        help="comma-separated learning-rate axis of the two-tower grid (default: TWO_TOWER_GRID of the dataset)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="kept and reused (default: a temp dir, removed)")
     parser.add_argument("--protocols", default=None, help="comma-separated subset of " + ",".join(PROTOCOLS))
     parser.add_argument("--exclude-history", action="store_true", help="hide each example's history, every method")
@@ -872,6 +1030,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             prepared = prepare_movielens(zip_path, work, args.protocols)
         log(f"examples ready for {', '.join(args.protocols)}")
         model_cfg, train_cfg = model_configs(prepared.kind, args.epochs, args.budget)
+        args.two_tower_grid = dict(TWO_TOWER_GRID[prepared.kind])
+        if args.learning_rates:
+            args.two_tower_grid["learning_rate"] = tuple(float(v) for v in args.learning_rates.split(","))
         runs: dict[str, ProtocolRun] = {}
         for protocol in args.protocols:
             if args.budget:
@@ -893,10 +1054,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "runtime_s": round(runtime, 1),
         "exclude_history": args.exclude_history,
         "metrics": "test split, full catalogue, exact scores, tie-averaged ranks (recsys.metrics.label_ranks)",
-        "selection": "two-tower: best epoch by validation recall@100; ALS/BPR/EASE: grid point by validation "
-        "recall@100",
+        "selection": "two-tower: per loss, the grid point and its best epoch by validation recall@100 (early "
+        "stopping); ALS/BPR/EASE: grid point by validation recall@100; test is scored once, for the chosen point",
         "intervals": f"95% percentile intervals from a bootstrap over test users ({N_BOOT} replicates, seed "
-        f"{BOOT_SEED}, recsys.stats.summarise); comparisons: paired user bootstrap (recsys.stats.compare)",
+        f"{BOOT_SEED}, recsys.stats.summarise); comparisons: paired user bootstrap (recsys.stats.compare), "
+        f"Holm-Bonferroni adjusted over every pair x {', '.join(COMPARE_METRICS)} of a protocol "
+        "(recsys.stats.holm_adjust)",
         "comparisons": comparisons,
         "bpr_note": BPR_NOTE,
         "test_examples": {p: r.meta["examples"]["test"] for p, r in runs.items()},
@@ -906,6 +1069,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "model": model_cfg.model_dump(mode="json"),
                 "train": train_cfg.model_dump(mode="json", exclude={"loss"}),
                 "losses": list(args.losses),
+                "grid": {} if args.budget else {k: list(v) for k, v in args.two_tower_grid.items()},
+                "grid_note": TWO_TOWER_GRID_NOTE if prepared.kind == "movielens" and not args.budget else None,
+                "chosen": {
+                    p: {loss: info["chosen"] for loss, info in r.meta["losses"].items() if "chosen" in info}
+                    for p, r in runs.items()
+                },
             },
             **{b: {p: r.meta[b]["chosen"] for p, r in runs.items() if b in r.meta} for b in ("als", "bpr", "ease")},
         },

@@ -2,10 +2,11 @@
 
     python benchmarks/report.py --json benchmarks/results/quality_ml100k.json
 
-Writes beside the JSON: `quality.md` (one table per protocol with 95% user-bootstrap intervals, the paired
-comparisons of topk_random against every other method, the protocols and the regenerating command),
-`quality_recall_curve_<protocol>.png` (Recall@K for K = 1..100 with bootstrap bands) and, where the JSON holds the
-per-epoch validation history, `quality_training_<protocol>.png`.
+Writes beside the JSON, named after its stem (`quality_ml100k.json` -> `quality_ml100k.md`, ...): `<stem>.md` (one
+table per protocol with 95% user-bootstrap intervals and the hyperparameters validation chose from which grid, the
+paired comparisons of topk_random against every other method with raw and Holm-adjusted p-values, the protocols and
+the regenerating command), `<stem>_recall_curve_<protocol>.png` (Recall@K for K = 1..100 with bootstrap bands) and,
+where the JSON holds the per-epoch validation history, `<stem>_training_<protocol>.png`.
 """
 
 from __future__ import annotations
@@ -79,7 +80,11 @@ def hyperparameters(method: str, pmeta: dict[str, Any], meta: dict[str, Any]) ->
     if method in pmeta.get("losses", {}):
         info = pmeta["losses"][method]
         if "best_epoch" in info:
-            return f"best epoch {info['best_epoch']} of {info['epochs_run']}", "epochs ≤ cap, early stopping"
+            epoch = f"best epoch {info['best_epoch']} of {info['epochs_run']}"
+            if "chosen" not in info:  # a result from before the two-tower grid
+                return epoch, "epochs ≤ cap, early stopping"
+            stopping = f"epochs ≤ {info['epoch_cap']}, early stopping (patience {info['patience']})"
+            return f"{_params(info['chosen'])}, {epoch}", f"{_grid(info['grid'])}; {stopping}"
         return f"{info.get('steps')} steps", "equal wall-clock budget"
     if method in pmeta and isinstance(pmeta[method], dict) and "chosen" in pmeta[method]:
         return _params(pmeta[method]["chosen"]), _grid(pmeta[method].get("grid", {}))
@@ -103,20 +108,50 @@ def method_table(protocol: str, result: dict[str, Any]) -> list[str]:
 
 
 def comparison_table(protocol: str, result: dict[str, Any]) -> list[str]:
-    """The paired comparisons of one protocol as a markdown table (difference a − b, CI, p, significant)."""
+    """The paired comparisons of one protocol as a markdown table (a − b, CI, raw and Holm-adjusted p)."""
     comparisons = result["meta"].get("comparisons", {}).get(protocol, {})
     if not comparisons:
         return ["(no paired comparisons in the JSON)"]
-    lines = ["| pair (a vs b) | metric | a − b | 95% CI | p | significant |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| pair (a vs b) | metric | a − b | 95% CI | p | significant (raw) | p (Holm) | significant (Holm) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for pair, by_metric in comparisons.items():
         for metric in COMPARE_METRICS:
             c = by_metric.get(metric)
             if c is None:
                 continue
+            holm = f"{c['p_holm']:.3f}" if "p_holm" in c else "—"
+            holm_sig = ("yes" if c["significant_holm"] else "no") if "significant_holm" in c else "—"
             lines.append(
                 f"| {pair} | {metric} | {c['mean_diff']:+.4f} | [{c['low']:+.4f}, {c['high']:+.4f}] "
-                f"| {c['p_value']:.3f} | {'yes' if c['significant'] else 'no'} |"
+                f"| {c['p_value']:.3f} | {'yes' if c['significant'] else 'no'} | {holm} | {holm_sig} |"
             )
+    return lines
+
+
+def planted_section(result: dict[str, Any]) -> list[str]:
+    """Share of each top-100 in the user's planted topics, per method and protocol (synthetic data only; else [])."""
+    protocols = protocols_of(result)
+    shares = {p: result["meta"].get("protocols", {}).get(p, {}).get("topic_share@100") or {} for p in protocols}
+    if not any(shares.values()):
+        return []
+    methods = list(dict.fromkeys(m for p in protocols for m in shares[p]))
+    lines = [
+        "## Planted ground truth",
+        "",
+        "The synthetic generator plants each user's interests (a few of its topics) and each video's topic. Below: "
+        "the mean share of each test example's top-100 whose video's planted topic is one of its user's planted "
+        "interests (`benchmarks.quality.topic_share`; a chance-level recommender scores about the topics' share of "
+        "the catalogue a user is interested in). It needs no held-out label, so it also measures how much of a list "
+        "is on-taste beyond the single test label.",
+        "",
+        "| method | " + " | ".join(PROTOCOL_NAMES.get(p, p) for p in protocols) + " |",
+        "|---|" + "---|" * len(protocols),
+    ]
+    for method in methods:
+        cells = [f"{shares[p][method]:.3f}" if shares[p].get(method) is not None else "—" for p in protocols]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -162,23 +197,34 @@ def protocols_section(result: dict[str, Any]) -> list[str]:
 
 
 def write_markdown(result: dict[str, Any], json_path: Path, out: Path, plots: Sequence[Path]) -> None:
-    """Write quality.md from a result JSON."""
+    """Write the markdown report of a result JSON."""
     meta = result["meta"]
     lines = [f"# Retrieval quality: {meta.get('dataset', '?')}", ""]
     lines.append(
         "Test-split metrics, each with a 95% interval from a bootstrap over test users. "
-        "`chosen` is what validation picked (two-tower: best epoch by validation recall@100)."
+        "`chosen` is what validation recall@100 picked from `grid` (validation carved from training data only; "
+        "test is scored once, for the chosen point); for the two-tower losses each grid point trains with early "
+        "stopping and its best epoch counts."
     )
+    note = meta.get("hyperparameters", {}).get("two_tower", {}).get("grid_note")
+    if note:
+        lines += ["", f"Two-tower grid: {note}"]
     for protocol in protocols_of(result):
         lines += ["", f"## {PROTOCOL_NAMES.get(protocol, protocol)}", "", *method_table(protocol, result)]
     lines += ["", "## Paired comparisons", ""]
     lines.append(
         "Difference a − b of the per-example metric on the same test examples; 95% interval and two-sided p-value "
-        "from a paired bootstrap over users (`recsys.stats.compare`); significant = the interval excludes 0. "
-        "No multiple-comparison correction."
+        "from a paired bootstrap over users (`recsys.stats.compare`); significant (raw) = the interval excludes 0. "
+        f"p (Holm): Holm–Bonferroni adjusted p-value over the family of every pair and metric in the protocol's "
+        f"table ({', '.join(COMPARE_METRICS)}), `recsys.stats.holm_adjust`; significant (Holm) = adjusted p ≤ 0.05, "
+        "which controls the family-wise error rate at 5%. The bootstrap p-value's resolution is about "
+        "2/(replicates + 1)."
     )
     for protocol in protocols_of(result):
         lines += ["", f"### {PROTOCOL_NAMES.get(protocol, protocol)}", "", *comparison_table(protocol, result)]
+    planted = planted_section(result)
+    if planted:
+        lines += ["", *planted]
     lines += ["", *protocols_section(result), "", "## Plots", ""]
     lines += [f"- `{p.name}`" for p in plots]
     command = meta.get("command", "")
@@ -264,7 +310,7 @@ def plot_training(protocol: str, losses: dict[str, Any], out: Path) -> bool:
 
 
 def write_report(json_path: Path, out_dir: Path | None = None) -> list[Path]:
-    """Write quality.md and the plots from a result JSON and its ranks file; return the paths written."""
+    """Write `<stem>.md` and the plots from a result JSON and its ranks file; return the paths written."""
     json_path = Path(json_path)
     out_dir = Path(out_dir) if out_dir is not None else json_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -277,14 +323,14 @@ def write_report(json_path: Path, out_dir: Path | None = None) -> list[Path]:
         n = len(next(iter(ranks.values()))) if ranks else 0
         groups = stored.get(f"groups/{protocol}", np.arange(n))  # an old ranks file: one example = one cluster
         if ranks:
-            curve = out_dir / f"quality_recall_curve_{protocol}.png"
+            curve = out_dir / f"{json_path.stem}_recall_curve_{protocol}.png"
             plot_recall_curve(protocol, ranks, groups, curve)
             written.append(curve)
         losses = result["meta"].get("protocols", {}).get(protocol, {}).get("losses", {})
-        training = out_dir / f"quality_training_{protocol}.png"
+        training = out_dir / f"{json_path.stem}_training_{protocol}.png"
         if plot_training(protocol, losses, training):
             written.append(training)
-    md = out_dir / "quality.md"
+    md = out_dir / f"{json_path.stem}.md"
     write_markdown(result, json_path, md, written)
     return [md, *written]
 

@@ -8,7 +8,8 @@ are computed once, so a replicate costs O(users), not O(examples).
 
 Intervals are bootstrap percentile intervals. A comparison of two methods is PAIRED: both are evaluated on the same
 examples, and each replicate uses the same drawn users for both, so the interval is that of the per-example difference.
-No correction for multiple comparisons is applied; `compare` reports each pair and metric on its own.
+`compare` reports each pair and metric on its own; `holm_adjust` then controls the family-wise error rate of a
+family of those tests (Holm–Bonferroni step-down adjusted p-values, raw p-values kept beside them).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ __all__ = [
     "Interval",
     "bootstrap_ci",
     "compare",
+    "holm",
+    "holm_adjust",
     "paired_bootstrap",
     "per_example_metrics",
     "summarise",
@@ -238,4 +241,48 @@ def compare(
             name: paired_bootstrap(metrics[a][name], metrics[b][name], groups, n_boot, alpha, seed).as_dict()
             for name in metrics[a]
         }
+    return out
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values, in the input order: reject test i at level alpha iff adjusted[i] <= alpha.
+
+    With the m raw p-values sorted ascending, p(1) <= ... <= p(m), the adjusted value of the j-th is
+    max over i <= j of min(1, (m − i + 1) · p(i)); the running maximum keeps the step-down order monotone.
+    Controls the family-wise error rate under any dependence between the tests.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"p_values must be 1-D, got shape {p.shape}")
+    if p.size and (np.isnan(p).any() or p.min() < 0.0 or p.max() > 1.0):
+        raise ValueError("p-values must lie in [0, 1]")
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted = np.empty(m, dtype=np.float64)
+    adjusted[order] = np.maximum.accumulate(stepped)
+    return adjusted
+
+
+def holm_adjust(
+    comparisons: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    metrics: Sequence[str],
+    alpha: float = 0.05,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Copy of `compare`'s output with "p_holm" and "significant_holm" on every (pair, metric) in `metrics`.
+
+    The family is every pair in `comparisons` times every metric in `metrics` (metrics outside it are copied
+    unchanged); significant_holm is p_holm <= alpha.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    out = {pair: {name: dict(entry) for name, entry in by_metric.items()} for pair, by_metric in comparisons.items()}
+    family = [(pair, name) for pair, by_metric in out.items() for name in metrics if name in by_metric]
+    missing = sorted({name for name in metrics} - {name for _, name in family})
+    if comparisons and missing:
+        raise KeyError(f"no comparisons of metric(s) {missing}")
+    adjusted = holm([out[pair][name]["p_value"] for pair, name in family])
+    for (pair, name), value in zip(family, adjusted, strict=True):
+        out[pair][name]["p_holm"] = float(value)
+        out[pair][name]["significant_holm"] = bool(value <= alpha)
     return out

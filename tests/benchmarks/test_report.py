@@ -28,7 +28,8 @@ def fake_result(tmp_path: Path) -> Path:
     result = shape_results({p: r.metrics for p, r in runs.items()})
     comparisons = add_intervals(result, runs, METHODS)
     epochs = [{"epoch": e, "step": 10 * e, "recall@100": 0.1 + 0.01 * e, "loss": 1.0} for e in (1, 2, 3)]
-    losses = {m: {"best_epoch": 3, "epochs_run": 3, "epochs": epochs} for m in METHODS[:4]}
+    grid = {"chosen": {"learning_rate": 0.2}, "grid": {"learning_rate": [0.1, 0.2]}, "epoch_cap": 40, "patience": 3}
+    losses = {m: {"best_epoch": 3, "epochs_run": 3, "epochs": epochs, **grid} for m in METHODS[:4]}
     split = {"validation_start": "2020-01-01", "test_start": "2020-01-15", "min_ts": "2019-01-01", "max_ts": "2020-02"}
     result["meta"] = {
         "dataset": "fake",
@@ -53,19 +54,25 @@ def fake_result(tmp_path: Path) -> Path:
 
 def test_report_writes_markdown_with_every_method_and_intervals_and_both_plots(tmp_path):
     written = write_report(fake_result(tmp_path))
-    md = (tmp_path / "quality.md").read_text()
-    assert written[0] == tmp_path / "quality.md"
+    md = (tmp_path / "quality_fake.md").read_text()
+    assert written[0] == tmp_path / "quality_fake.md"
     for method in METHODS:
         assert f"| {method} |" in md
     for column in ("R@10 [95% CI]", "R@50 [95% CI]", "R@100 [95% CI]", "NDCG@10 [95% CI]", "MAP [95% CI]"):
         assert column in md
     assert "| 120 / 30 |" in md and "lambda=250.0" in md and "lambda ∈ {10.0, 250.0}" in md
+    chosen = "| learning_rate=0.2, best epoch 3 of 3 |"
+    two_tower = f"{chosen} learning_rate ∈ {{0.1, 0.2}}; epochs ≤ 40, early stopping (patience 3) |"
+    assert md.count(two_tower) == 2 * 4
     for other in ("full", "loguniform", "inbatch", "ease", "als", "bpr", "popularity"):
         assert f"| topk_random vs {other} | recall@100 |" in md
+    assert "p (Holm)" in md and "significant (Holm)" in md and "No multiple-comparison correction" not in md
+    holm_rows = [line for line in md.splitlines() if line.startswith("| topk_random vs ")]
+    assert len(holm_rows) == 2 * 7 * 4 and all(line.count("|") == 9 for line in holm_rows)
     assert tie_rule() and tie_rule() in md
     assert "python benchmarks/report.py --json" in md
     for protocol in PROTOCOLS:
-        for name in (f"quality_recall_curve_{protocol}.png", f"quality_training_{protocol}.png"):
+        for name in (f"quality_fake_recall_curve_{protocol}.png", f"quality_fake_training_{protocol}.png"):
             assert (tmp_path / name).stat().st_size > 1000
             assert tmp_path / name in written
 
@@ -79,3 +86,18 @@ def test_recall_curves_mean_matches_the_metric_and_band_contains_it():
     assert mean[99] == pytest.approx(metrics_from_ranks(ranks)["recall@100"])
     assert mean[9] == pytest.approx(metrics_from_ranks(ranks)["recall@10"])
     assert np.all(low <= mean + 1e-12) and np.all(mean <= high + 1e-12) and np.all(np.diff(mean) >= 0)
+
+
+def test_planted_ground_truth_section_only_when_the_json_has_topic_shares(tmp_path):
+    path = fake_result(tmp_path)
+    write_report(path)
+    assert "Planted ground truth" not in (tmp_path / "quality_fake.md").read_text()
+    result = json.loads(path.read_text())
+    for protocol in PROTOCOLS:
+        result["meta"]["protocols"][protocol]["topic_share@100"] = {"topk_random": 0.61, "popularity": 0.2}
+    result["meta"]["protocols"]["leave_last_out"]["topic_share@100"]["ease"] = 0.55
+    path.write_text(json.dumps(result))
+    write_report(path)
+    md = (tmp_path / "quality_fake.md").read_text()
+    assert "## Planted ground truth" in md
+    assert "| topk_random | 0.610 | 0.610 |" in md and "| ease | — | 0.550 |" in md

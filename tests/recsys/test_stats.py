@@ -15,6 +15,8 @@ from recsys.stats import (
     Interval,
     bootstrap_ci,
     compare,
+    holm,
+    holm_adjust,
     paired_bootstrap,
     per_example_metrics,
     summarise,
@@ -229,3 +231,48 @@ def test_interval_stays_within_the_range_of_user_means(rows: list[tuple[int, flo
     tolerance = 1e-12
     assert min(user_means) - tolerance <= interval.low <= interval.high <= max(user_means) + tolerance
     assert interval.n_users == len(user_means)
+
+
+def test_holm_matches_a_hand_computation() -> None:
+    # m = 5. Sorted: 0.001 (x5 = 0.005), 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06), 0.2 (x1 = 0.2);
+    # the running maximum leaves them as they are; back in input order:
+    p = [0.03, 0.001, 0.2, 0.01, 0.02]
+    np.testing.assert_allclose(holm(p), [0.06, 0.005, 0.2, 0.04, 0.06])
+    # A small p after a larger one inherits the running maximum; products above 1 are capped at 1:
+    # sorted 0.01 (x3 = 0.03), 0.04 (x2 = 0.08), 0.9 (x1 = 0.9) -> 0.03, 0.08, 0.9; and 0.4 x 3 = 1.2 -> 1.
+    np.testing.assert_allclose(holm([0.9, 0.01, 0.04]), [0.9, 0.03, 0.08])
+    np.testing.assert_allclose(holm([0.4, 0.5]), [0.8, 0.8])  # 0.4 x 2 = 0.8, then max(0.8, 0.5 x 1)
+    np.testing.assert_allclose(holm([0.4, 0.45, 0.5]), [1.0, 1.0, 1.0])
+    assert holm([]).shape == (0,)
+    with pytest.raises(ValueError):
+        holm([0.1, 1.5])
+
+
+def test_holm_is_never_below_raw_and_at_most_bonferroni() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        p = rng.random(rng.integers(1, 30)) ** 3
+        adjusted = holm(p)
+        assert (adjusted >= p - 1e-15).all()
+        assert (adjusted <= np.minimum(1.0, len(p) * p) + 1e-15).all()
+        order = np.argsort(p)
+        assert (np.diff(adjusted[order]) >= -1e-15).all()  # monotone in the raw p
+
+
+def test_holm_adjust_keeps_raw_p_and_adds_adjusted_values_over_the_whole_family() -> None:
+    comparisons = {
+        "a vs b": {"recall@100": {"p_value": 0.01}, "map": {"p_value": 0.03}, "recall@10": {"p_value": 0.5}},
+        "a vs c": {"recall@100": {"p_value": 0.02}, "map": {"p_value": 0.001}, "recall@10": {"p_value": 0.001}},
+    }
+    out = holm_adjust(comparisons, ["recall@100", "map"])
+    # family of four: 0.001 x4 = 0.004, 0.01 x3 = 0.03, 0.02 x2 = 0.04, 0.03 x1 = 0.03 -> running max 0.04.
+    assert out["a vs c"]["map"]["p_holm"] == pytest.approx(0.004)
+    assert out["a vs b"]["recall@100"]["p_holm"] == pytest.approx(0.03)
+    assert out["a vs c"]["recall@100"]["p_holm"] == pytest.approx(0.04)
+    assert out["a vs b"]["map"]["p_holm"] == pytest.approx(0.04)
+    assert all(out[pair][m]["significant_holm"] for pair in out for m in ("recall@100", "map"))
+    assert not holm_adjust(comparisons, ["recall@100", "map"], alpha=0.035)["a vs b"]["map"]["significant_holm"]
+    assert "p_holm" not in out["a vs b"]["recall@10"]  # outside the family: copied unchanged
+    assert out["a vs b"]["map"]["p_value"] == 0.03 and "p_holm" not in comparisons["a vs b"]["map"]
+    with pytest.raises(KeyError):
+        holm_adjust(comparisons, ["ndcg@10"])
