@@ -284,7 +284,10 @@ def plot_recall_curve(protocol: str, ranks: dict[str, np.ndarray], groups: np.nd
 
 def plot_training(protocol: str, losses: dict[str, Any], out: Path) -> bool:
     """Validation recall@100 per epoch of the sampled losses (and full softmax for reference); False if no history."""
-    histories = {m: info.get("epochs") for m, info in losses.items() if info.get("epochs")}
+    # Budget mode records "epochs" as a float (epochs done in the time budget), not a per-epoch history.
+    histories = {
+        m: info["epochs"] for m, info in losses.items() if isinstance(info.get("epochs"), list) and info["epochs"]
+    }
     if not any(m in histories for m in SAMPLED):
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -259,10 +259,12 @@ def per_example_log_partition(
     tail_logits = _logits(u, V, b, t) + tf.cast(log_w, u.dtype)
     # Drop from example i's tail the T columns that are in S_i (and in its exclusion list): B*(K+1) searches
     # into T instead of a [B, |T|] membership test.
-    drop_ids = tf.where(head_valid, head, -1)
+    pad = tf.constant(-1, tf.int64)  # a bare -1 would be int32 and break SelectV2 on int64 ids inside tf.function
+    drop_ids = tf.where(head_valid, head, pad)
     drop_head = tf.logical_not(head_valid)
     if exclude is not None:
-        excl = tf.where(tf.equal(tf.cast(exclude, tf.int64), tf.expand_dims(y, 1)), -1, tf.cast(exclude, tf.int64))
+        excl = tf.cast(exclude, tf.int64)
+        excl = tf.where(tf.equal(excl, tf.expand_dims(y, 1)), pad, excl)
         drop_head |= _row_member(head, excl)
         drop_ids = tf.concat([drop_ids, excl], axis=1)
     tail_logits += _tail_mask(t, drop_ids, tail_logits.dtype)

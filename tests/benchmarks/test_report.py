@@ -101,3 +101,16 @@ def test_planted_ground_truth_section_only_when_the_json_has_topic_shares(tmp_pa
     md = (tmp_path / "quality_fake.md").read_text()
     assert "## Planted ground truth" in md
     assert "| topk_random | 0.610 | 0.610 |" in md and "| ease | — | 0.550 |" in md
+
+
+def test_budget_mode_result_without_epoch_histories_gets_a_report_and_no_training_plot(tmp_path):
+    path = fake_result(tmp_path)
+    result = json.loads(path.read_text())
+    for protocol in PROTOCOLS:  # what --budget-seconds writes: steps and a fractional epoch count per loss
+        result["meta"]["protocols"][protocol]["losses"] = {
+            m: {"steps": 383, "epochs": 0.752, "train_s": 90.0} for m in METHODS[:4]
+        }
+    path.write_text(json.dumps(result))
+    written = write_report(path)
+    assert written and all(p.exists() for p in written)
+    assert not any("training" in p.name for p in written)

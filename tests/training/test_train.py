@@ -182,3 +182,12 @@ def test_topk_random_beats_popularity_on_ml100k(ml100k_examples, tmp_path):
     ci = result["ci95"]["model"]["recall@100"]
     assert ci["low"] <= model["recall@100"] <= ci["high"] and ci["n_users"] == result["test_users"]
     assert result["model_vs_popularity"]["recall@100"]["mean_diff"] > 0
+
+
+def test_topk_random_trains_with_history_excluded_from_the_head(synthetic_examples, tmp_path):
+    # The exclusion path runs inside the traced step (int64 ids against int32 history features).
+    cfg = _train_cfg(loss="topk_random", exclude_history_from_head=True, epochs=1)
+    report = train(synthetic_examples, tmp_path / "run", SMALL, cfg, progress=False, index_spec="Flat")
+    assert report["steps"] > cfg.warmup_steps  # the top-K head (and so the exclusion) was used
+    assert np.isfinite(report["epochs"][0]["loss"])
+    assert np.isfinite(np.load(tmp_path / "run" / EMBEDDINGS_FILE)).all()
