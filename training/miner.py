@@ -77,6 +77,15 @@ class TouchedRows:
         return rows
 
 
+def _take(x: Any, select: np.ndarray | slice) -> np.ndarray:
+    """Rows of a tensor, variable or array (ids gathered, a slice read) as C-contiguous float32 numpy."""
+    if isinstance(select, slice):
+        return _as_float32(x[select])
+    if isinstance(x, tf.Variable | tf.Tensor):
+        return _as_float32(tf.gather(x, select))
+    return _as_float32(np.asarray(x)[select])
+
+
 def _as_float32(x: Any) -> np.ndarray:
     """A C-contiguous float32 numpy copy/view of a tensor, variable or array (what FAISS needs)."""
     if isinstance(x, tf.Variable):
@@ -178,10 +187,10 @@ class NegativeMiner:
         """Whether the index is missing or at least ``refresh_every`` steps old."""
         return self.last_refresh_step is None or step - self.last_refresh_step >= self.refresh_every
 
-    def maybe_refresh(self, step: int, changed_rows: np.ndarray | None = None) -> RefreshStats | None:
+    def maybe_refresh(self, step: int) -> RefreshStats | None:
         """Refresh if due (top-K enabled only; no index is built during warm-up)."""
         if self.topk_enabled(step) and self.refresh_due(step):
-            return self.refresh(step, changed_rows)
+            return self.refresh(step)
         return None
 
     # ------------------------------------------------------------------ index
@@ -190,24 +199,16 @@ class NegativeMiner:
         """Index dimension: d, plus one for the folded-in bias."""
         return self.dim + (1 if self.bias is not None else 0)
 
-    def _rows(self, ids: np.ndarray | None = None) -> np.ndarray:
-        """Current table rows (all, or ids) with the bias appended as a last column when present."""
-        if ids is None:
-            rows = _as_float32(self.table)
-            if self.bias is None:
-                return rows
-            return np.ascontiguousarray(np.hstack([rows, _as_float32(self.bias)[:, None]]))
-        if isinstance(self.table, tf.Variable | tf.Tensor):
-            rows = _as_float32(tf.gather(self.table, ids))
-        else:
-            rows = np.asarray(self.table, dtype=np.float32)[ids]
+    def _rows(self, ids: np.ndarray | slice | None = None) -> np.ndarray:
+        """Current table rows (all, ids or a slice) with the bias appended as a last column when present."""
+        select = slice(None) if ids is None else ids
+        rows = _take(self.table, select)
         if self.bias is None:
-            return np.ascontiguousarray(rows)
-        if isinstance(self.bias, tf.Variable | tf.Tensor):
-            bias = _as_float32(tf.gather(self.bias, ids))
-        else:
-            bias = np.asarray(self.bias, dtype=np.float32)[ids]
-        return np.ascontiguousarray(np.hstack([rows, bias[:, None]]))
+            return rows
+        out = np.empty((len(rows), self._search_dim), np.float32)
+        out[:, : self.dim] = rows
+        out[:, self.dim] = _take(self.bias, select)
+        return out
 
     def _queries(self, u: Any) -> np.ndarray:
         """User vectors as float32, with a trailing 1 when the bias is folded in."""
@@ -220,13 +221,13 @@ class NegativeMiner:
         """The IVF part of the index, or None for a non-IVF index (Flat, HNSW...)."""
         return None if self.index is None else _extract_ivf(self.index)
 
-    def refresh(self, step: int = 0, changed_rows: np.ndarray | None = None) -> RefreshStats:
+    def refresh(self, step: int = 0) -> RefreshStats:
         """Bring the index up to date with the current table.
 
         Builds (trains the quantizer, adds every row) on the first call, every ``retrain_every``-th refresh and when
-        the lists have grown unbalanced. Otherwise keeps the quantizer and moves only the changed rows:
-        ``changed_rows`` if given, else the rows that drifted beyond ``drift_tolerance``; it re-adds everything
-        when more than ``incremental_max_fraction`` of the rows changed. Non-IVF indexes are rebuilt.
+        the lists have grown unbalanced. Otherwise keeps the quantizer and moves only the rows that drifted beyond
+        ``drift_tolerance`` (among those marked, with ``track_touched``); it re-adds everything when more than
+        ``incremental_max_fraction`` of the rows drifted. Non-IVF indexes are rebuilt.
         """
         faiss.omp_set_num_threads(self.threads)
         t0 = time.perf_counter()
@@ -237,7 +238,7 @@ class NegativeMiner:
         else:
             assert ivf is not None
             self.refreshes_since_train += 1
-            ids = np.unique(np.asarray(changed_rows, np.int64)) if changed_rows is not None else self._drifted(ivf)
+            ids = self._drifted(ivf)
             if ids is not None and len(ids) <= self.incremental_max_fraction * self.n:
                 read_s = time.perf_counter() - t0
                 stats = self._update(step, ivf, ids, read_s)
@@ -327,7 +328,7 @@ class NegativeMiner:
         norms = 0.0
         for lo in range(0, self.n, chunk):
             hi = min(self.n, lo + chunk)
-            current = self._row_range(lo, hi)
+            current = self._rows(slice(lo, hi))
             diff = self.index.reconstruct_n(lo, hi - lo)
             np.subtract(current, diff, out=diff)
             moved[lo:hi] = np.einsum("ij,ij->i", diff, diff)
@@ -352,14 +353,6 @@ class NegativeMiner:
             np.subtract(self._rows(part), diff, out=diff)
             out.append(part[np.einsum("ij,ij->i", diff, diff) > self.drift_tolerance**2 * rms2])
         return np.concatenate(out) if out else np.zeros(0, np.int64)
-
-    def _row_range(self, lo: int, hi: int) -> np.ndarray:
-        """Rows lo..hi-1 of the current table, bias appended as a last column when present (one copy)."""
-        out = np.empty((hi - lo, self._search_dim), np.float32)
-        out[:, : self.dim] = _as_float32(self.table[lo:hi])
-        if self.bias is not None:
-            out[:, self.dim] = _as_float32(self.bias[lo:hi])
-        return out
 
     def _training_sample(self, vectors: np.ndarray, ivf: Any | None) -> np.ndarray:
         """Vectors to train the quantizer on: a random subset of train_points_per_centroid · nlist rows."""
@@ -405,16 +398,13 @@ class NegativeMiner:
         ivf = self._ivf()
         if ivf is None or self.target_recall is None:
             return self.nprobe
-        queries = _as_float32(u)
-        if len(queries) > sample:
-            queries = queries[np.sort(self._rng.choice(len(queries), size=sample, replace=False))]
+        queries = self._sample_queries(u, sample)
         exact = self.exact_topk(queries, self.k)
         tried: dict[int, float] = {}
         nprobe = 1
         while True:
             ivf.nprobe = nprobe
-            found = self._search(self._queries(queries), self.k, self.k_prime)
-            tried[nprobe] = sum(len(np.intersect1d(e, f)) for e, f in zip(exact, found, strict=True)) / exact.size
+            tried[nprobe] = _recall(exact, self._search(self._queries(queries), self.k, self.k_prime))
             if tried[nprobe] >= self.target_recall or nprobe >= min(int(ivf.nlist), self.max_nprobe):
                 break
             nprobe *= 2
@@ -488,13 +478,22 @@ class NegativeMiner:
         ``V`` defaults to the miner's live table (pass another only if it has the same rows, e.g. a snapshot).
         """
         k = self.k if k is None else k
+        queries = self._sample_queries(u, sample)
+        exact = self.exact_topk(queries, k, V)
+        # The internal search: a diagnostic must not mark rows for the next refresh nor trigger a tuning.
+        return _recall(exact, self._search(self._queries(queries), k, max(k, self.k_prime)))
+
+    def _sample_queries(self, u: Any, sample: int) -> np.ndarray:
+        """Up to ``sample`` of the query rows (a seeded random subset, in order) as float32."""
         queries = _as_float32(u)
         if len(queries) > sample:
             queries = queries[np.sort(self._rng.choice(len(queries), size=sample, replace=False))]
-        exact = self.exact_topk(queries, k, V)
-        found = self.search(queries, k=k)
-        hits = sum(len(np.intersect1d(exact[i], found[i])) for i in range(len(queries)))
-        return hits / float(len(queries) * k)
+        return queries
+
+
+def _recall(exact: np.ndarray, found: np.ndarray) -> float:
+    """Share of the exact top-k ids [B, k] that appear in the found rows [B, k'] (same queries)."""
+    return sum(len(np.intersect1d(e, f)) for e, f in zip(exact, found, strict=True)) / float(exact.size)
 
 
 def _extract_ivf(index: Any) -> Any | None:

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from recsys import softmax as sm
 from recsys.sparse_optim import SparseAdagrad
-from training.miner import NegativeMiner, TouchedRows, default_ivf_spec
+from training.miner import NegativeMiner, default_ivf_spec
 
 
 def _clustered(n: int, d: int, clusters: int, seed: int, noise: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
@@ -240,16 +240,17 @@ def test_incremental_update_equals_readd() -> None:
     b.refresh(0)
     assert a.index is not None
     b.index = faiss.clone_index(a.index)  # same trained quantizer for both
-    touched = TouchedRows(4000)
+    assert a.touched is not None
     changed = np.random.default_rng(8).choice(4000, 300, replace=False)
-    touched.mark(changed)
-    touched.mark([-1, 4000])  # out-of-range ids are ignored
-    assert touched.fraction() == pytest.approx(300 / 4000)
+    a.mark(changed)
+    a.mark([-1, 4000])  # out-of-range ids are ignored
+    assert a.touched.fraction() == pytest.approx(300 / 4000)
     moved = table.copy()
     moved[changed] += np.random.default_rng(9).normal(size=(300, 16)).astype(np.float32)
     V.assign(moved)
-    assert a.refresh(1, changed_rows=touched.take()).kind == "update"
-    assert touched.take().size == 0
+    stats = a.refresh(1)
+    assert stats.kind == "update" and stats.rows == 300
+    assert a.touched.take().size == 0
     assert b.refresh(1).kind == "readd"
     assert a.index is not None and b.index is not None
     d1, i1 = a.index.search(queries, 40)
