@@ -71,6 +71,7 @@ import tensorflow as tf
 from benchmarks.baselines import (
     AlsParams,
     BprParams,
+    GridResult,
     als_scorer,
     bpr_scorer,
     fit_als,
@@ -550,6 +551,27 @@ def run_baselines(
     log(f"{protocol}: ALS/BPR training window: {matrix.shape[0]} users, {matrix.nnz} (user, video) pairs")
     ranks: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {"training_users": matrix.shape[0], "training_pairs": int(matrix.nnz)}
+    shares: dict[str, float] = {}
+
+    def record(
+        name: str, label: str, search: GridResult, axes: dict[str, Any], scorer: Scorer, t0: float
+    ) -> dict[str, Any]:
+        """Rank test with the chosen point's scorer; the method's meta entry (grid, choice, every point)."""
+        ranks[name] = label_ranks(scorer, test["label"], exclude, chunk)
+        if share is not None:
+            shares[name] = share(scorer)
+        log(
+            f"{protocol}: {label} chose {search.chosen['params']} "
+            f"(validation recall@100 {search.chosen['validation']['recall@100']:.4f})"
+        )
+        return {
+            "grid": axes,
+            "chosen": search.chosen["params"],
+            "chosen_validation": search.chosen["validation"],
+            "fit_s": search.chosen["fit_s"],
+            "grid_s": round(time.perf_counter() - t0, 2),
+            "points": search.points,
+        }
 
     t0 = time.perf_counter()
     als = grid_search(
@@ -559,24 +581,9 @@ def run_baselines(
         validation["label"],
         chunk=chunk,
     )
-    shares: dict[str, float] = {}
-    scorer = als_scorer(als.model, test["history"])
-    ranks["als"] = label_ranks(scorer, test["label"], exclude, chunk)
-    if share is not None:
-        shares["als"] = share(scorer)
-    meta["als"] = {
-        "grid": ALS_GRID,
-        "chosen": als.chosen["params"],
-        "chosen_validation": als.chosen["validation"],
-        "fit_s": als.chosen["fit_s"],
-        "grid_s": round(time.perf_counter() - t0, 2),
-        "points": als.points,
+    meta["als"] = record("als", "ALS", als, ALS_GRID, als_scorer(als.model, test["history"]), t0) | {
         "scoring": "fold-in: closed-form least squares on each example's own history (implicit recalculate_user)",
     }
-    log(
-        f"{protocol}: ALS chose {als.chosen['params']} "
-        f"(validation recall@100 {als.chosen['validation']['recall@100']:.4f})"
-    )
 
     t0 = time.perf_counter()
     val_rows = user_rows(validation_users, dictionary)
@@ -588,24 +595,10 @@ def run_baselines(
         chunk=chunk,
     )
     test_rows = user_rows(test_users, dictionary)
-    scorer = bpr_scorer(bpr.model, test_rows)
-    ranks["bpr"] = label_ranks(scorer, test["label"], exclude, chunk)
-    if share is not None:
-        shares["bpr"] = share(scorer)
-    meta["bpr"] = {
-        "grid": BPR_GRID,
-        "chosen": bpr.chosen["params"],
-        "chosen_validation": bpr.chosen["validation"],
-        "fit_s": bpr.chosen["fit_s"],
-        "grid_s": round(time.perf_counter() - t0, 2),
-        "points": bpr.points,
+    meta["bpr"] = record("bpr", "BPR", bpr, BPR_GRID, bpr_scorer(bpr.model, test_rows), t0) | {
         "scoring": BPR_NOTE,
         "test_examples_without_user_factors": int((test_rows < 0).sum()),
     }
-    log(
-        f"{protocol}: BPR chose {bpr.chosen['params']} "
-        f"(validation recall@100 {bpr.chosen['validation']['recall@100']:.4f})"
-    )
     ease_ranks, meta["ease"] = run_ease(matrix, validation, test, exclude, chunk, share)
     ranks["ease"] = ease_ranks
     if share is not None:
