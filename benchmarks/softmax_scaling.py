@@ -126,19 +126,7 @@ def measure(loss: str, n: int, steps: int, cfg_kw: dict[str, Any], seed: int = 0
     out: dict[str, float] = {}
     if loss == "topk_random":
         # The trainer's default index at each n: exact below 20k rows, IVF with ~4 sqrt(n) lists above.
-        miner = NegativeMiner(
-            V,
-            b,
-            k=cfg.top_k,
-            k_prime=cfg.top_k_fetch,
-            refresh_every=cfg.refresh_every,
-            nprobe=cfg.nprobe,
-            target_recall=cfg.index_target_recall,
-            max_nprobe=cfg.index_max_nprobe,
-            drift_tolerance=cfg.refresh_drift,
-            seed=seed,
-            index_spec=default_ivf_spec(n),
-        )
+        miner = NegativeMiner.from_config(V, b, cfg, default_ivf_spec(n), seed=seed)
         build = miner.refresh(step=0)
         t0 = time.perf_counter()
         miner.search(user(inputs()[0]).numpy())  # the first search after a build tunes nprobe

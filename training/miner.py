@@ -23,6 +23,8 @@ import faiss
 import numpy as np
 import tensorflow as tf
 
+from recsys.config import TrainConfig
+
 __all__ = ["NegativeMiner", "RefreshStats", "TouchedRows", "default_ivf_spec"]
 
 _PARALLEL_WORK = 2e7  # multiply-adds below which a search runs on one thread
@@ -172,6 +174,26 @@ class NegativeMiner:
         self._tune_pending = False
         self.tuning: dict[str, Any] | None = None  # the last nprobe tuning: chosen value and recall per value tried
         self.history: list[RefreshStats] = []
+
+    @classmethod
+    def from_config(
+        cls, table: Any, bias: Any | None, cfg: TrainConfig, index_spec: str | None = None, seed: int | None = None
+    ) -> NegativeMiner:
+        """The miner a training config describes (K, K', R, warm-up, nprobe tuning, drift tolerance)."""
+        return cls(
+            table,
+            bias,
+            k=cfg.top_k,
+            k_prime=cfg.top_k_fetch,
+            refresh_every=cfg.refresh_every,
+            warmup_steps=cfg.warmup_steps,
+            index_spec=index_spec,
+            nprobe=cfg.nprobe,
+            target_recall=cfg.index_target_recall,
+            max_nprobe=cfg.index_max_nprobe,
+            drift_tolerance=cfg.refresh_drift,
+            seed=cfg.seed if seed is None else seed,
+        )
 
     # ------------------------------------------------------------------ schedule
     def topk_enabled(self, step: int) -> bool:

@@ -85,20 +85,8 @@ class Trainer:
         self.loss_head = LossHead(cfg, self.n, np.log(q), self.rng)
         self.miner: NegativeMiner | None = None
         if cfg.loss == "topk_random":
-            self.miner = NegativeMiner(
-                self.model.output_layer.table,
-                self.model.output_layer.bias,
-                k=cfg.top_k,
-                k_prime=cfg.top_k_fetch,
-                refresh_every=cfg.refresh_every,
-                warmup_steps=cfg.warmup_steps,
-                index_spec=index_spec,
-                nprobe=cfg.nprobe,
-                target_recall=cfg.index_target_recall,
-                max_nprobe=cfg.index_max_nprobe,
-                drift_tolerance=cfg.refresh_drift,
-                seed=cfg.seed,
-            )
+            out = self.model.output_layer
+            self.miner = NegativeMiner.from_config(out.table, out.bias, cfg, index_spec)
         # Variables are listed explicitly: Keras 3 does not expose layers held in lists or dicts to tf.train's
         # object graph, so checkpointing `model` alone would silently skip the hidden layers.
         self.checkpoint = tf.train.Checkpoint(
