@@ -106,14 +106,18 @@ def measure(loss: str, n: int, steps: int, cfg_kw: dict[str, Any], seed: int = 0
     def step(x: tf.Tensor, y: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
         total = tf.constant(0.0)
         grads: list[Any] = [None] * len(variables)
+        scales: dict[Any, Any] = {}
         for xs, ys, cs in zip(tf.split(x, micro), tf.split(y, micro), tf.split(candidates, micro), strict=True):
             with tf.GradientTape() as tape:
                 u = tower(xs)
-                value = head(u, V, b, ys, cs, None) / micro
+                value, tail = head.loss_and_tail(u, V, b, ys, cs, None)
+                value /= micro
             part = tape.gradient(value, variables)
             grads = [p if g is None else g + tf.convert_to_tensor(p) for g, p in zip(grads, part, strict=True)]
             total += value
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
+            if tail is not None:  # only the sampled losses, which never split the batch
+                scales = {V.ref(): tail, b.ref(): tail}
+        optimizer.apply_gradients(zip(grads, variables, strict=True), scales)
         return total
 
     user = tf.function(lambda x: tower(x))

@@ -122,6 +122,12 @@ class TrainConfig(_Section):
         0.05, ge=0, description="a refresh re-indexes the rows that moved > this x the RMS row norm (None: all rows)"
     )
     exclude_history_from_head: bool = False
+    tail_accumulator_correction: bool = Field(
+        True,
+        description="sampled losses: a row drawn with probability q into the importance-weighted tail adds q*g^2 "
+        "to its Adagrad accumulator, so its (1/q)-weighted gradient does not shrink its step by sqrt(q) against "
+        "full softmax",
+    )
     checkpoint_every: int = Field(500, ge=1)
     eval_max_examples: int = Field(20_000, ge=1, description="validation examples scored each epoch")
     patience: int = Field(2, ge=1, description="epochs without validation improvement before stopping")

@@ -26,6 +26,7 @@ __all__ = [
     "sample_complement",
     "sampled_log_partition",
     "sampled_softmax_from_sample",
+    "sorted_difference",
     "topk_random_loss",
     "topk_random_loss_per_example",
 ]
@@ -209,6 +210,15 @@ def topk_random_loss(
     """
     sample = sample_classes(y, candidates, _num_rows(V), n_uniform, rng)
     return sampled_softmax_from_sample(u, V, b, y, sample, exclude)
+
+
+def sorted_difference(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """The elements of the sorted int64 vector a that are not in the sorted int64 vector b, in order."""
+    a = tf.cast(a, tf.int64)
+    b = tf.cast(b, tf.int64)
+    pos = tf.searchsorted(b, a, side="left", out_type=tf.int64)
+    found = tf.equal(tf.gather(tf.concat([b, [-1]], 0), pos), a)  # pos == len(b) lands on the sentinel
+    return tf.boolean_mask(a, tf.logical_not(found))
 
 
 def _row_member(ids: tf.Tensor, sets: tf.Tensor) -> tf.Tensor:

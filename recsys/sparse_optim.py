@@ -5,16 +5,22 @@ rewrites the whole accumulator every step, and a naive sparse apply squares repe
 gradient slices g1, g2 for the same row it adds g1² + g2² to the accumulator instead of (g1 + g2)². Here the
 IndexedSlices are first deduplicated (sorted, then segment_sum) and then applied to those rows only, of the
 variable and of its accumulator. Dense gradients (the tower's weights) are applied densely with the same rule.
+
+Sampled losses give a rarely drawn row a rare but importance-weighted gradient: a tail row drawn with probability q
+gets (1/q)·g when drawn. Adagrad then accumulates q·(g/q)² = g²/q per step on average, 1/q times what the exact
+gradient would, and the row's effective step shrinks by √q (0.4 at q = 0.15). A ``RowScale`` tells the sparse apply
+to add scale·g² for such rows (scale = q), which restores the exact gradient's expected accumulator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import tensorflow as tf
 
-__all__ = ["SparseAdagrad", "SparseSGD", "deduplicate", "tf_variable"]
+__all__ = ["RowScale", "SparseAdagrad", "SparseSGD", "deduplicate", "tf_variable"]
 
 
 def tf_variable(var: Any) -> tf.Variable:
@@ -40,6 +46,25 @@ def deduplicate(indices: tf.Tensor, values: tf.Tensor) -> tuple[tf.Tensor, tf.Te
     return unique, summed
 
 
+@dataclass(frozen=True)
+class RowScale:
+    """Accumulator factors for some rows of a table: these rows add scale·g² instead of g² (others: factor 1)."""
+
+    rows: tf.Tensor  # [k] int64, sorted ascending, distinct
+    scale: tf.Tensor  # scalar (all listed rows) or [k] float
+
+    def factors(self, unique: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+        """The accumulator factor [len(unique)] of each of the given distinct, non-negative row ids."""
+        rows = tf.cast(self.rows, tf.int64)
+        unique = tf.cast(unique, tf.int64)
+        size = tf.size(rows, out_type=tf.int64)
+        pos = tf.searchsorted(rows, unique, side="left", out_type=tf.int64)  # in [0, size]: a sentinel slot at size
+        hit = tf.equal(tf.gather(tf.concat([rows, [-1]], 0), pos), unique)
+        scale = tf.broadcast_to(tf.cast(self.scale, dtype), [size])
+        per_row = tf.gather(tf.concat([scale, tf.ones([1], dtype)], 0), pos)
+        return tf.where(hit, per_row, tf.ones_like(per_row))
+
+
 def _learning_rate(lr: float | tf.Variable, dtype: tf.DType) -> tf.Tensor:
     """The current learning rate as a scalar tensor of the variable's dtype."""
     return tf.cast(lr, dtype)
@@ -48,21 +73,27 @@ def _learning_rate(lr: float | tf.Variable, dtype: tf.DType) -> tf.Tensor:
 class _RowSparseOptimizer:
     """Routes each gradient to the sparse (IndexedSlices) or dense update of a concrete optimizer."""
 
-    def apply(self, var: Any, indices: tf.Tensor, values: tf.Tensor) -> None:
-        """Update only the rows in indices (repeated rows summed first)."""
+    def apply(self, var: Any, indices: tf.Tensor, values: tf.Tensor, row_scale: RowScale | None = None) -> None:
+        """Update only the rows in indices (repeated rows summed first); row_scale weighs accumulator increments."""
         raise NotImplementedError
 
     def apply_dense(self, var: Any, grad: tf.Tensor) -> None:
         """Update the whole variable."""
         raise NotImplementedError
 
-    def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]]) -> None:
-        """Apply (gradient, variable) pairs: IndexedSlices sparsely, tensors densely, None skipped."""
+    def apply_gradients(
+        self, grads_and_vars: Iterable[tuple[Any, Any]], row_scales: Mapping[Any, RowScale] | None = None
+    ) -> None:
+        """Apply (gradient, variable) pairs: IndexedSlices sparsely, tensors densely, None skipped.
+
+        ``row_scales`` maps a variable's ``tf_variable(var).ref()`` to the RowScale of its sparse gradient.
+        """
+        scales = row_scales or {}
         for grad, var in grads_and_vars:
             if grad is None:
                 continue
             if isinstance(grad, tf.IndexedSlices):
-                self.apply(var, grad.indices, grad.values)
+                self.apply(var, grad.indices, grad.values, scales.get(tf_variable(var).ref()))
             else:
                 self.apply_dense(var, grad)
 
@@ -74,8 +105,8 @@ class SparseSGD(_RowSparseOptimizer):
         """Keep the learning rate (a float, or a tf.Variable to change it during training)."""
         self.learning_rate = learning_rate
 
-    def apply(self, var: Any, indices: tf.Tensor, values: tf.Tensor) -> None:
-        """var[i] -= lr · Σ values for each distinct row i in indices; other rows are not written."""
+    def apply(self, var: Any, indices: tf.Tensor, values: tf.Tensor, row_scale: RowScale | None = None) -> None:
+        """var[i] -= lr · Σ values for each distinct row i in indices; other rows are not written (no accumulator)."""
         v = tf_variable(var)
         unique, summed = deduplicate(indices, values)
         lr = _learning_rate(self.learning_rate, v.dtype)
@@ -128,11 +159,14 @@ class SparseAdagrad(_RowSparseOptimizer):
             self._accumulators[key] = acc
         return acc
 
-    def apply(self, var: Any, indices: tf.Tensor, values: tf.Tensor) -> None:
+    def apply(self, var: Any, indices: tf.Tensor, values: tf.Tensor, row_scale: RowScale | None = None) -> None:
         """Sparse Adagrad step on the distinct rows of indices, with repeated rows' gradients summed first."""
         v = tf_variable(var)
         acc = self.accumulator(v)
         unique, summed = deduplicate(indices, values)
+        if row_scale is not None:
+            self._apply_scaled(v, acc, unique, tf.cast(summed, v.dtype), row_scale.factors(unique, v.dtype))
+            return
         tf.raw_ops.ResourceSparseApplyAdagradV2(
             var=v.handle,
             accum=acc.handle,
@@ -142,6 +176,24 @@ class SparseAdagrad(_RowSparseOptimizer):
             indices=unique,
             use_locking=False,
             update_slots=True,
+        )
+
+    def _apply_scaled(
+        self, v: tf.Variable, acc: tf.Variable, unique: tf.Tensor, grad: tf.Tensor, factors: tf.Tensor
+    ) -> None:
+        """The AdagradV2 rule on distinct rows with accum += factor·g²: the raw op has no per-row factor, so the
+        accumulator is updated first and the op then applies the step without touching it (update_slots=False)."""
+        factors = tf.reshape(factors, tf.concat([tf.shape(factors), tf.ones([tf.rank(grad) - 1], tf.int32)], 0))
+        acc.scatter_add(tf.IndexedSlices(factors * tf.square(grad), unique))
+        tf.raw_ops.ResourceSparseApplyAdagradV2(
+            var=v.handle,
+            accum=acc.handle,
+            lr=_learning_rate(self.learning_rate, v.dtype),
+            epsilon=tf.cast(self.epsilon, v.dtype),
+            grad=grad,
+            indices=unique,
+            use_locking=False,
+            update_slots=False,
         )
 
     def apply_dense(self, var: Any, grad: tf.Tensor) -> None:

@@ -10,12 +10,16 @@ import tensorflow as tf
 
 from recsys.config import TrainConfig
 from recsys.softmax import (
+    build_head,
     full_softmax_loss,
     inbatch_softmax_loss,
+    per_example_log_partition,
     sample_classes,
+    sample_complement,
     sampled_softmax_from_sample,
-    topk_random_loss_per_example,
+    sorted_difference,
 )
+from recsys.sparse_optim import RowScale
 
 
 def log_uniform_sample(
@@ -54,26 +58,58 @@ class LossHead:
         self, u: tf.Tensor, V: Any, b: Any | None, y: tf.Tensor, candidates: tf.Tensor, exclude: tf.Tensor | None
     ) -> tf.Tensor:
         """The loss for one batch; candidates [B, K] are the miner's top-K (empty for the other losses)."""
+        return self.loss_and_tail(u, V, b, y, candidates, exclude)[0]
+
+    def loss_and_tail(
+        self, u: tf.Tensor, V: Any, b: Any | None, y: tf.Tensor, candidates: tf.Tensor, exclude: tf.Tensor | None
+    ) -> tuple[tf.Tensor, RowScale | None]:
+        """The loss, and for the sampled losses the tail rows' accumulator scale (None for full and in-batch).
+
+        The scale covers the rows whose whole gradient this step is an importance-weighted estimate: for
+        top-K-plus-random T minus every head, each drawn with probability q = |T|/(n-|S|) (shared head) or |T|/n
+        (per-example head); for log-uniform the sampled classes that are no label, each with its own chance of
+        being drawn. Such a row's accumulator adds q·g² (see recsys.sparse_optim), for both losses alike, so the
+        comparison between them is not an optimizer difference.
+        """
         cfg = self.cfg
         if cfg.loss == "full":
-            return full_softmax_loss(u, V, b, y)
+            return full_softmax_loss(u, V, b, y), None
         if cfg.loss == "inbatch":
-            return inbatch_softmax_loss(u, V, b, y, tf.gather(self.log_q, y))
+            return inbatch_softmax_loss(u, V, b, y, tf.gather(self.log_q, y)), None
         if cfg.loss == "loguniform":
             sampled = log_uniform_sample(y, self.n, cfg.uniform_samples, self.rng)
-            return tf.reduce_mean(
-                tf.nn.sampled_softmax_loss(
-                    weights=V,
-                    biases=b if b is not None else tf.zeros([self.n]),
-                    labels=tf.reshape(tf.cast(y, tf.int64), [-1, 1]),
-                    inputs=u,
-                    num_sampled=cfg.uniform_samples,
-                    num_classes=self.n,
-                    sampled_values=sampled,
-                    remove_accidental_hits=True,
-                )
+            loss = tf.nn.sampled_softmax_loss(
+                weights=V,
+                biases=b if b is not None else tf.zeros([self.n]),
+                labels=tf.reshape(tf.cast(y, tf.int64), [-1, 1]),
+                inputs=u,
+                num_sampled=cfg.uniform_samples,
+                num_classes=self.n,
+                sampled_values=sampled,
+                remove_accidental_hits=True,
             )
+            return tf.reduce_mean(loss), self._tail(*self._loguniform_tail(y, sampled[0]))
         if cfg.head == "per_example":
-            return topk_random_loss_per_example(u, V, b, y, candidates, cfg.uniform_samples, self.rng, exclude)
+            t = tf.sort(sample_complement(tf.zeros([0], tf.int64), self.n, cfg.uniform_samples, self.rng))
+            log_z_hat, label_logit = per_example_log_partition(u, V, b, y, candidates, t, exclude)
+            heads, _ = build_head(y, candidates)
+            inclusion = tf.cast(tf.size(t), tf.float32) / float(self.n)
+            return tf.reduce_mean(log_z_hat - label_logit), self._tail(sorted_difference(t, heads), inclusion)
         sample = sample_classes(y, candidates, self.n, cfg.uniform_samples, self.rng)
-        return sampled_softmax_from_sample(u, V, b, y, sample, exclude)
+        rest = tf.cast(self.n - tf.size(sample.s), tf.float32)
+        inclusion = tf.cast(tf.size(sample.t), tf.float32) / tf.maximum(rest, 1.0)
+        loss = sampled_softmax_from_sample(u, V, b, y, sample, exclude)
+        return loss, self._tail(tf.sort(sample.t), inclusion)
+
+    def _loguniform_tail(self, y: tf.Tensor, sampled: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The log-uniform draws that are no label of the batch, and each one's chance to be drawn at all this step."""
+        labels = tf.sort(tf.unique(tf.cast(tf.reshape(y, [-1]), tf.int64)).y)
+        rows = sorted_difference(tf.sort(tf.unique(sampled).y), labels)
+        c = tf.cast(rows, tf.float64)
+        p = tf.math.log((c + 2.0) / (c + 1.0)) / math.log(self.n + 1.0)  # one draw's probability of class c
+        inclusion = -tf.math.expm1(float(self.cfg.uniform_samples) * tf.math.log1p(-p))  # 1 - (1 - p)^m
+        return rows, tf.cast(inclusion, tf.float32)
+
+    def _tail(self, rows: tf.Tensor, inclusion: tf.Tensor) -> RowScale | None:
+        """The RowScale of the tail rows, or None when the correction is switched off."""
+        return RowScale(rows, inclusion) if self.cfg.tail_accumulator_correction else None

@@ -20,7 +20,7 @@ from recsys.errors import InputError
 from recsys.metrics import dot_scorer, label_ranks, metrics_from_ranks, popularity_scorer
 from recsys.model import PAD, TwoTower, build_model, feature_signature
 from recsys.softmax import estimator_diagnostics
-from recsys.sparse_optim import SparseAdagrad
+from recsys.sparse_optim import SparseAdagrad, tf_variable
 from training.data import Batch, ExampleSet, batches_per_epoch, iterate_batches, to_batch
 from training.losses import LossHead
 from training.miner import NegativeMiner
@@ -90,7 +90,7 @@ class Trainer:
         # Variables are listed explicitly: Keras 3 does not expose layers held in lists or dicts to tf.train's
         # object graph, so checkpointing `model` alone would silently skip the hidden layers.
         self.checkpoint = tf.train.Checkpoint(
-            weights={f"w{i}": _tf_variable(v) for i, v in enumerate(self.model.weights)},
+            weights={f"w{i}": tf_variable(v) for i, v in enumerate(self.model.weights)},
             rng=self.rng,
             accumulators={f"a{i}": self.optimizer.accumulator(v) for i, v in enumerate(self.model.trainable_variables)},
         )
@@ -105,10 +105,11 @@ class Trainer:
             u = self.model.tower(features, training=True)
             exclude = features["history"] if self.cfg.exclude_history_from_head else None
             out = self.model.output_layer
-            loss = self.loss_head(u, out.table, out.bias, y, candidates, exclude)
+            loss, tail = self.loss_head.loss_and_tail(u, out.table, out.bias, y, candidates, exclude)
         variables = self.model.trainable_variables
         grads = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+        scales = {} if tail is None else {tf_variable(v).ref(): tail for v in (out.table, out.bias) if v is not None}
+        self.optimizer.apply_gradients(zip(grads, variables, strict=True), scales)
         return loss
 
     # --------------------------------------------------------------------------------------------- helpers
@@ -169,11 +170,6 @@ class Trainer:
         if self.miner is not None and self.miner.index is not None:
             result["index_recall"] = self.miner.recall_of_true_topk(u.numpy(), k=self.cfg.top_k)
         return result
-
-
-def _tf_variable(var: Any) -> tf.Variable:
-    """The tf.Variable behind a Keras 3 variable."""
-    return getattr(var, "value", var)
 
 
 def _slice(batch: Batch, n: int) -> Batch:

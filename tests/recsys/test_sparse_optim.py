@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from recsys import softmax as sm
-from recsys.sparse_optim import SparseAdagrad, SparseSGD, deduplicate, tf_variable
+from recsys.sparse_optim import RowScale, SparseAdagrad, SparseSGD, deduplicate, tf_variable
 
 LR, INIT, EPS = 0.3, 0.1, 1e-7
 
@@ -144,3 +144,65 @@ def test_step_touches_only_sampled_rows() -> None:
     assert np.array_equal(opt.accumulator(b).numpy()[outside], np.full(outside.sum(), np.float32(0.1)))
     # And the step did move the sampled rows.
     assert (np.abs(V.numpy()[touched] - V0[touched]).sum(axis=1) > 0).mean() > 0.99
+
+
+def test_row_scale_factors_hit_only_listed_rows() -> None:
+    scale = RowScale(tf.constant([2, 5, 9], tf.int64), tf.constant(0.25))
+    got = scale.factors(tf.constant([0, 2, 5, 7, 9, 11], tf.int64), tf.float32).numpy()
+    assert got.tolist() == [1.0, 0.25, 0.25, 1.0, 0.25, 1.0]
+    per_row = RowScale(tf.constant([1, 4], tf.int64), tf.constant([0.5, 0.125]))
+    assert per_row.factors(tf.constant([1, 3, 4], tf.int64), tf.float32).numpy().tolist() == [0.5, 1.0, 0.125]
+    empty = RowScale(tf.zeros([0], tf.int64), tf.constant(0.25))
+    assert empty.factors(tf.constant([0, 3], tf.int64), tf.float32).numpy().tolist() == [1.0, 1.0]
+
+
+def test_scaled_adagrad_weighs_only_the_listed_rows_accumulators() -> None:
+    n, d, q = 20, 4, 0.25
+    init = np.random.default_rng(2).normal(size=(n, d)).astype(np.float32)
+    indices, values, dense = _repeated_gradient(n, d)  # rows 0, 3, 7, 12
+    var = tf.Variable(init)
+    opt = SparseAdagrad(LR, initial_accumulator=INIT, epsilon=EPS)
+    tail = RowScale(tf.constant([7, 12, 15], tf.int64), tf.constant(q))  # 15 is listed but gets no gradient
+    ref_v, ref_a = init.astype(np.float64), np.full((n, d), INIT)
+    factor = np.ones((n, 1))
+    factor[[7, 12, 15]] = q
+    for _ in range(3):
+        opt.apply(var, tf.constant(indices), tf.constant(values), tail)
+        ref_a = ref_a + factor * dense**2
+        ref_v = ref_v - LR * dense / (np.sqrt(ref_a) + EPS)
+    np.testing.assert_allclose(opt.accumulator(var).numpy(), ref_a, rtol=1e-5)
+    np.testing.assert_allclose(var.numpy(), ref_v, rtol=1e-5, atol=1e-6)
+    untouched = np.setdiff1d(np.arange(n), indices)
+    assert np.array_equal(var.numpy()[untouched], init[untouched])
+    assert np.array_equal(opt.accumulator(var).numpy()[untouched], np.full((len(untouched), d), np.float32(INIT)))
+
+
+def test_scaled_adagrad_with_unit_factors_equals_the_raw_op() -> None:
+    n, d = 20, 4
+    init = np.random.default_rng(3).normal(size=(n, d)).astype(np.float32)
+    indices, values, _ = _repeated_gradient(n, d)
+    plain, scaled = tf.Variable(init), tf.Variable(init)
+    opt_plain, opt_scaled = SparseAdagrad(LR), SparseAdagrad(LR)
+    ones = RowScale(tf.constant([0, 3, 7, 12], tf.int64), tf.constant(1.0))
+    for _ in range(3):
+        opt_plain.apply(plain, tf.constant(indices), tf.constant(values))
+        opt_scaled.apply(scaled, tf.constant(indices), tf.constant(values), ones)
+    np.testing.assert_allclose(scaled.numpy(), plain.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_tail_correction_restores_the_exact_gradients_expected_accumulator() -> None:
+    # A row sampled with probability q and given (1/q)·g when drawn: over many steps its accumulator grows by g²/q
+    # per step uncorrected, and by g² (what the exact gradient g every step adds) with the q-factor.
+    q, steps, g = 0.2, 4000, 0.5
+    drawn = np.random.default_rng(4).random(steps) < q
+    growth = {}
+    for name, scale in (("raw", None), ("corrected", RowScale(tf.constant([0], tf.int64), tf.constant(q)))):
+        var = tf.Variable(tf.zeros([1, 1]))
+        opt = SparseAdagrad(1e-6, initial_accumulator=0.0)
+        for hit in drawn:
+            if hit:
+                opt.apply(var, tf.constant([0]), tf.constant([[g / q]]), scale)
+        growth[name] = float(opt.accumulator(var).numpy()[0, 0]) / steps
+    exact = g * g
+    assert abs(growth["corrected"] - exact) < 0.1 * exact
+    assert abs(growth["raw"] - exact / q) < 0.1 * exact / q
