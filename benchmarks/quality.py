@@ -979,6 +979,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=None, help="synthetic events (default 1M; 3M at 1M videos)")
     parser.add_argument("--budget-seconds", type=float, default=None, help="equal wall-clock budget per loss")
     parser.add_argument("--max-test-examples", type=int, default=None, help="budget mode test subset (default 5000)")
+    parser.add_argument(
+        "--tail-sampler",
+        choices=["uniform", "loguniform"],
+        default="uniform",
+        help="top-K-plus-random's tail T: the design's uniform draw, or log-uniform with Hansen-Hurwitz weights",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="show training progress bars")
     args = parser.parse_args(argv)
@@ -1023,6 +1029,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             prepared = prepare_movielens(zip_path, work, args.protocols)
         log(f"examples ready for {', '.join(args.protocols)}")
         model_cfg, train_cfg = model_configs(prepared.kind, args.epochs, args.budget)
+        train_cfg = with_overrides(train_cfg, tail_sampler=args.tail_sampler)  # only top-K-plus-random reads it
         args.two_tower_grid = dict(TWO_TOWER_GRID[prepared.kind])
         if args.learning_rates:
             args.two_tower_grid["learning_rate"] = tuple(float(v) for v in args.learning_rates.split(","))

@@ -122,6 +122,11 @@ class TrainConfig(_Section):
         0.05, ge=0, description="a refresh re-indexes the rows that moved > this x the RMS row norm (None: all rows)"
     )
     exclude_history_from_head: bool = False
+    tail_sampler: Literal["uniform", "loguniform"] = Field(
+        "uniform",
+        description="top-K-plus-random tail T: uniform (the design's, weight n/m) or log-uniform over the "
+        "popularity-ordered ids (weight count/(m*p), per-example head only)",
+    )
     tail_accumulator_correction: bool = Field(
         True,
         description="sampled losses: a row drawn with probability q into the importance-weighted tail adds q*g^2 "
@@ -135,7 +140,9 @@ class TrainConfig(_Section):
     shuffle_window: int = Field(200_000, ge=1, description="rows held for shuffling (bounded memory)")
 
     @model_validator(mode="after")
-    def _fetch_covers_k(self) -> TrainConfig:
+    def _consistent(self) -> TrainConfig:
+        if self.tail_sampler == "loguniform" and self.head != "per_example":
+            raise ValueError("tail_sampler='loguniform' needs head='per_example'")
         if self.top_k_fetch < self.top_k:
             raise ValueError("top_k_fetch (K') must be >= top_k (K)")
         return self

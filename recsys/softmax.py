@@ -241,8 +241,13 @@ def per_example_log_partition(
     candidates: tf.Tensor,
     t: tf.Tensor,
     exclude: tf.Tensor | None = None,
+    log_tail_weights: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Per-example log Z_hat [B] and label logit [B] with a per-example head S_i and a shared tail sample t.
+
+    With ``log_tail_weights`` [|t|] (aligned with t) each tail class gets its own weight instead of n/|t|: for t the
+    distinct classes of m iid draws from a proposal p and weight count/(m·p), Σ_{j∈T∖S_i} w_j·exp(logit_ij) is
+    the Hansen-Hurwitz estimate of the same tail sum, unbiased for any p that covers every class.
 
     ``t`` must be a uniform random subset of ALL n classes (e.g. ``sample_complement`` of an empty set): each
     class is in it with probability |T|/n, so Σ_{j∈T∖S_i} (n/|T|)·exp(logit_ij) is unbiased for example i's
@@ -263,9 +268,13 @@ def per_example_log_partition(
         head_logits += tf.gather(b, head)
     label_logit = head_logits[:, 0]
     # Tail columns in sorted order, so membership of any per-example id in T is a binary search over T.
-    t = tf.sort(tf.cast(t, tf.int64))
+    order = tf.argsort(tf.cast(t, tf.int64))
+    t = tf.gather(tf.cast(t, tf.int64), order)
     size_t = tf.size(t, out_type=tf.int64)
-    log_w = tf.where(size_t > 0, math.log(n) - tf.math.log(tf.cast(tf.maximum(size_t, 1), tf.float32)), 0.0)
+    if log_tail_weights is None:
+        log_w = tf.where(size_t > 0, math.log(n) - tf.math.log(tf.cast(tf.maximum(size_t, 1), tf.float32)), 0.0)
+    else:
+        log_w = tf.gather(tf.cast(log_tail_weights, tf.float32), order)
     tail_logits = _logits(u, V, b, t) + tf.cast(log_w, u.dtype)
     # Drop from example i's tail the T columns that are in S_i (and in its exclusion list): B*(K+1) searches
     # into T instead of a [B, |T|] membership test.

@@ -89,6 +89,13 @@ class LossHead:
                 remove_accidental_hits=True,
             )
             return tf.reduce_mean(loss), self._tail(*self._loguniform_tail(y, sampled[0]))
+        if cfg.head == "per_example" and cfg.tail_sampler == "loguniform":
+            t, log_w = self.loguniform_tail_sample(y)
+            log_z_hat, label_logit = per_example_log_partition(u, V, b, y, candidates, t, exclude, log_w)
+            heads, _ = build_head(y, candidates)
+            rows = sorted_difference(t, heads)
+            loss = tf.reduce_mean(log_z_hat - label_logit)
+            return loss, self._tail(rows, self._drawn_at_least_once(rows))
         if cfg.head == "per_example":
             t = tf.sort(sample_complement(tf.zeros([0], tf.int64), self.n, cfg.uniform_samples, self.rng))
             log_z_hat, label_logit = per_example_log_partition(u, V, b, y, candidates, t, exclude)
@@ -101,14 +108,30 @@ class LossHead:
         loss = sampled_softmax_from_sample(u, V, b, y, sample, exclude)
         return loss, self._tail(tf.sort(sample.t), inclusion)
 
+    def loguniform_tail_sample(self, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """A log-uniform tail for the per-example head: sorted distinct classes of m draws and their log weights."""
+        m = self.cfg.uniform_samples
+        t, _, counts = tf.unique_with_counts(log_uniform_sample(y, self.n, m, self.rng)[0])
+        order = tf.argsort(t)
+        t, counts = tf.gather(t, order), tf.gather(counts, order)
+        # Hansen-Hurwitz: a class drawn c times out of m with per-draw probability p stands for c/(m·p).
+        return t, tf.math.log(tf.cast(counts, tf.float32)) - math.log(m) - self._log_p(t)
+
+    def _log_p(self, classes: tf.Tensor) -> tf.Tensor:
+        """Log of one log-uniform draw's probability of each class (float32)."""
+        c = tf.cast(classes, tf.float64)
+        return tf.cast(tf.math.log(tf.math.log((c + 2.0) / (c + 1.0)) / math.log(self.n + 1.0)), tf.float32)
+
+    def _drawn_at_least_once(self, classes: tf.Tensor) -> tf.Tensor:
+        """Each class's chance to be among m log-uniform draws, 1 - (1 - p)^m (float32)."""
+        p = tf.exp(tf.cast(self._log_p(classes), tf.float64))
+        return tf.cast(-tf.math.expm1(float(self.cfg.uniform_samples) * tf.math.log1p(-p)), tf.float32)
+
     def _loguniform_tail(self, y: tf.Tensor, sampled: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """The log-uniform draws that are no label of the batch, and each one's chance to be drawn at all this step."""
         labels = tf.sort(tf.unique(tf.cast(tf.reshape(y, [-1]), tf.int64)).y)
         rows = sorted_difference(tf.sort(tf.unique(sampled).y), labels)
-        c = tf.cast(rows, tf.float64)
-        p = tf.math.log((c + 2.0) / (c + 1.0)) / math.log(self.n + 1.0)  # one draw's probability of class c
-        inclusion = -tf.math.expm1(float(self.cfg.uniform_samples) * tf.math.log1p(-p))  # 1 - (1 - p)^m
-        return rows, tf.cast(inclusion, tf.float32)
+        return rows, self._drawn_at_least_once(rows)
 
     def _tail(self, rows: tf.Tensor, inclusion: tf.Tensor) -> RowScale | None:
         """The RowScale of the tail rows, or None when the correction is switched off."""

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from recsys import softmax as sm
 from recsys.config import TrainConfig
 from training.losses import LossHead
 
@@ -67,3 +68,30 @@ def test_tail_scale_is_off_for_exact_losses_and_when_disabled() -> None:
         cfg = TrainConfig(loss=loss, uniform_samples=M)
         head = LossHead(cfg, N, np.full(N, -np.log(N)), tf.random.Generator.from_seed(1))
         assert head.loss_and_tail(u, V, b, y, cand[:, :0], None)[1] is None
+
+
+def test_loguniform_tail_is_unbiased_for_each_examples_tail_sum() -> None:
+    # E[Z_hat_i] = Z_i for every example: Monte-Carlo mean within 4 standard errors of the exact partition function.
+    n, b_size, m = 300, 3, 64
+    rng = np.random.default_rng(5)
+    u = tf.constant(rng.normal(size=(b_size, 4)).astype(np.float32))
+    V = tf.constant(rng.normal(size=(n, 4)).astype(np.float32))
+    y = tf.constant([5, 17, 250], tf.int32)
+    cand = tf.constant([[1, 2, 3], [4, -1, 17], [9, 10, 11]], tf.int64)
+    cfg = TrainConfig(loss="topk_random", uniform_samples=m, tail_sampler="loguniform")
+    head = LossHead(cfg, n, np.full(n, -np.log(n)), tf.random.Generator.from_seed(3))
+    draws = []
+    for _ in range(2000):
+        t, log_w = head.loguniform_tail_sample(y)
+        log_z_hat, _ = sm.per_example_log_partition(u, V, None, y, cand, t, None, log_w)
+        draws.append(np.exp(log_z_hat.numpy().astype(np.float64)))
+    z_hat = np.array(draws)
+    exact = np.exp(u.numpy().astype(np.float64) @ V.numpy().T.astype(np.float64)).sum(axis=1)
+    stderr = z_hat.std(axis=0) / np.sqrt(len(z_hat))
+    assert np.all(stderr > 0)
+    assert np.all(np.abs(z_hat.mean(axis=0) - exact) < 4 * stderr)
+
+
+def test_loguniform_tail_needs_the_per_example_head() -> None:
+    with pytest.raises(ValueError, match="per_example"):
+        TrainConfig(loss="topk_random", head="shared", tail_sampler="loguniform")
