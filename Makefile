@@ -50,6 +50,10 @@ bench-quality: install
 	$(BIN)/python benchmarks/quality.py --dataset ml-100k --json benchmarks/results/quality_ml100k.json
 	$(BIN)/python benchmarks/quality.py --dataset synthetic --videos 10000 --users 10000 --events 500000 --epochs 6 \
 		--protocols time_split --json benchmarks/results/quality_synthetic.json
+	$(BIN)/python benchmarks/quality.py --dataset ml-100k --tail-sampler loguniform \
+		--json benchmarks/results/quality_ml100k_logtail.json
+	$(BIN)/python benchmarks/quality.py --dataset synthetic --videos 10000 --users 10000 --events 500000 --epochs 6 \
+		--protocols time_split --tail-sampler loguniform --json benchmarks/results/quality_synthetic_logtail.json
 
 bench-softmax: install
 	$(BIN)/python benchmarks/softmax_scaling.py --json benchmarks/results/softmax_scaling.json

@@ -28,6 +28,8 @@ def train(
     learning_rate: Annotated[float | None, typer.Option()] = None,
     uniform_samples: Annotated[int | None, typer.Option(help="m: uniform tail samples")] = None,
     top_k: Annotated[int | None, typer.Option(help="K: head classes per example")] = None,
+    head: Annotated[str | None, typer.Option(help="top-K head: per_example | shared")] = None,
+    tail_sampler: Annotated[str | None, typer.Option(help="top-K-plus-random tail: uniform | loguniform")] = None,
     hidden: Annotated[str | None, typer.Option(help="tower widths, e.g. 1024,512,256 (empty: linear)")] = None,
     embedding_dim: Annotated[int | None, typer.Option()] = None,
     index_spec: Annotated[str | None, typer.Option(help="FAISS factory string of the miner's index")] = None,
@@ -49,6 +51,8 @@ def train(
         learning_rate=learning_rate,
         uniform_samples=uniform_samples,
         top_k=top_k,
+        head=head,
+        tail_sampler=tail_sampler,
         seed=seed,
     )
     report = run_train(examples, out, model_cfg, cfg, resume=resume, progress=not quiet, index_spec=index_spec)

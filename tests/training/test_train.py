@@ -42,9 +42,18 @@ def test_batches_are_deterministic_per_epoch_and_skip_exactly(synthetic_examples
     assert sum(missing.values()) < 64
 
 
-def test_topk_random_step_touches_only_sampled_rows(synthetic_examples):
+@pytest.mark.parametrize("tail_sampler", ["uniform", "loguniform"])
+def test_topk_random_step_touches_only_sampled_rows(synthetic_examples, tail_sampler):
     data = ExampleSet.open(synthetic_examples)
-    cfg = TrainConfig(loss="topk_random", batch_size=32, uniform_samples=64, top_k=8, top_k_fetch=16, warmup_steps=0)
+    cfg = TrainConfig(
+        loss="topk_random",
+        batch_size=32,
+        uniform_samples=64,
+        top_k=8,
+        top_k_fetch=16,
+        warmup_steps=0,
+        tail_sampler=tail_sampler,
+    )
     trainer = Trainer(data, SMALL, cfg, index_spec="Flat")
     batch = next(
         iterate_batches(data.files("train"), 32, data.max_history, data.max_tokens, seed=0, epoch=0, window=500)
