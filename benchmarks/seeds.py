@@ -1,0 +1,256 @@
+"""Seed spread of the two-tower losses: how much of a quality gap between two losses is training noise.
+
+    python benchmarks/seeds.py --dataset ml-100k --seeds 1,2,3 --json benchmarks/results/seeds_ml100k.json
+
+`quality.py` trains each loss once, and its intervals are a bootstrap over test users: they capture which users were
+tested, not which initialisation and batch order the run happened to get. Here every variant is trained once per
+seed (`TrainConfig.seed`: initial weights, shuffle order, sampled negatives) on the same examples with the same
+learning rate, epoch cap and early stopping as `quality.py`, and scored on test over the full catalogue. It reports
+each variant's mean and standard deviation over seeds and, for every (top-K-plus-random variant, other variant) pair,
+the relative Recall@100 gap per seed with a t interval over the seeds (the seeds pair the runs: seed s of both).
+
+Variants: a loss name, or `topk_random+logtail` for top-K-plus-random with `tail_sampler="loguniform"`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python benchmarks/seeds.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+from scipy import stats as sps
+
+from benchmarks.quality import (
+    DEFAULT_MOVIELENS,
+    METRIC_KEYS,
+    Prepared,
+    log,
+    model_configs,
+    prepare_movielens,
+    prepare_synthetic,
+    score_chunk,
+    score_two_tower,
+)
+from recsys.config import GeneratorConfig, TrainConfig, with_overrides
+from recsys.metrics import metrics_from_ranks
+from training.data import ExampleSet, to_batch
+from training.train import train
+
+LOGTAIL = "topk_random+logtail"
+VARIANTS = ("full", "loguniform", "inbatch", "topk_random", LOGTAIL)
+TOPK_VARIANTS = ("topk_random", LOGTAIL)
+DEFAULT_VARIANTS = ("full", "loguniform", "topk_random", LOGTAIL)
+# The learning rate every time-split loss chose in quality.py's grid (quality_ml100k.json, quality_synthetic.json).
+DEFAULT_LEARNING_RATE = {"movielens": 0.2, "synthetic": 0.4}
+HEADLINE = "recall@100"
+
+
+def variant_config(cfg: TrainConfig, variant: str) -> TrainConfig:
+    """The training config of one variant name (a loss, or top-K-plus-random with the log-uniform tail)."""
+    if variant == LOGTAIL:
+        return with_overrides(cfg, loss="topk_random", tail_sampler="loguniform")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    return with_overrides(cfg, loss=variant, tail_sampler="uniform")
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation, min and max of one metric over seeds."""
+    a = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(a.mean()),
+        "sd": float(a.std(ddof=1)) if a.size > 1 else None,
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "values": [float(v) for v in a],
+    }
+
+
+def paired_gap(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> dict[str, Any]:
+    """Relative gap (a - b) / b per seed, its mean and a t interval over the seeds (seed s of a paired with b's)."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.size == 0:
+        raise ValueError("paired_gap needs two equally long, non-empty series")
+    rel = (x - y) / y
+    out: dict[str, Any] = {"relative": [float(v) for v in rel], "mean": float(rel.mean())}
+    if rel.size > 1:
+        half = float(sps.t.ppf(1 - alpha / 2, rel.size - 1) * rel.std(ddof=1) / math.sqrt(rel.size))
+        out |= {"ci95_low": out["mean"] - half, "ci95_high": out["mean"] + half}
+    else:
+        out |= {"ci95_low": None, "ci95_high": None}
+    out["relative_of_means"] = float((x.mean() - y.mean()) / y.mean())
+    return out
+
+
+def summarise_seeds(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per variant the spread of every test metric and of validation recall@100; the paired top-K gaps."""
+    summary: dict[str, Any] = {"variants": {}, "gaps": {}}
+    for variant, runs in results.items():
+        summary["variants"][variant] = {
+            **{k: spread([r["test"][k] for r in runs]) for k in METRIC_KEYS},
+            "validation_recall@100": spread([r["validation"]["recall@100"] for r in runs]),
+        }
+    pairs = [(a, b) for a in results if a.startswith("topk_random") for b in results if b not in TOPK_VARIANTS]
+    if LOGTAIL in results and "topk_random" in results:
+        pairs.append((LOGTAIL, "topk_random"))
+    for a, b in pairs:
+        summary["gaps"][f"{a} vs {b}"] = paired_gap(
+            [r["test"][HEADLINE] for r in results[a]], [r["test"][HEADLINE] for r in results[b]]
+        )
+    return summary
+
+
+def format_summary(summary: dict[str, Any], seeds: Sequence[int]) -> str:
+    """Markdown tables: each variant's test metrics over seeds, then the paired Recall@100 gaps."""
+    lines = [
+        f"Seeds {', '.join(map(str, seeds))}; mean ± sample sd over seeds (min–max of Recall@100).",
+        "",
+        "| variant | Recall@10 | Recall@50 | Recall@100 | R@100 min–max | NDCG@10 | MAP | validation R@100 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(s: dict[str, Any]) -> str:
+        return f"{s['mean']:.4f}" + (f" ± {s['sd']:.4f}" if s["sd"] is not None else "")
+
+    for variant, m in summary["variants"].items():
+        r100 = m[HEADLINE]
+        lines.append(
+            f"| {variant} | {cell(m['recall@10'])} | {cell(m['recall@50'])} | {cell(r100)} | "
+            f"{r100['min']:.4f}–{r100['max']:.4f} | {cell(m['ndcg@10'])} | {cell(m['map'])} | "
+            f"{cell(m['validation_recall@100'])} |"
+        )
+    lines += ["", "| pair | Recall@100 gap per seed | mean gap [95% t interval] |", "|---|---|---|"]
+    for pair, g in summary["gaps"].items():
+        per_seed = ", ".join(f"{v:+.1%}" for v in g["relative"])
+        ci = f" [{g['ci95_low']:+.1%}, {g['ci95_high']:+.1%}]" if g["ci95_low"] is not None else ""
+        lines.append(f"| {pair} | {per_seed} | {g['mean']:+.1%}{ci} |")
+    return "\n".join(lines)
+
+
+def run_seeds(
+    prepared: Prepared,
+    protocol: str,
+    base: TrainConfig,
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    work: Path,
+    progress: bool,
+) -> dict[str, list[dict[str, Any]]]:
+    """Train every variant once per seed on one protocol's examples; each run's test metrics and validation best."""
+    examples = prepared.examples[protocol]
+    data = ExampleSet.open(examples)
+    test = to_batch(data.read("test"), data.max_history, data.max_tokens)
+    chunk = score_chunk(data.sizes.videos)
+    model_cfg, _ = model_configs(prepared.kind, None, budget=False)
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for seed in seeds:
+        for variant in variants:
+            cfg = with_overrides(variant_config(base, variant), seed=seed)
+            run_dir = work / "runs" / f"{variant}-seed{seed}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            t0 = time.perf_counter()
+            report = train(examples, run_dir, model_cfg, cfg, progress=progress)
+            wall = time.perf_counter() - t0
+            best = report["epochs"][report["best_epoch"] - 1]
+            metrics = metrics_from_ranks(score_two_tower(run_dir, test, None, chunk))
+            results[variant].append(
+                {
+                    "seed": seed,
+                    "test": {k: metrics[k] for k in METRIC_KEYS},
+                    "validation": {k: best[k] for k in METRIC_KEYS},
+                    "best_epoch": report["best_epoch"],
+                    "epochs_run": report["epochs_run"],
+                    "wall_s": round(wall, 1),
+                }
+            )
+            log(
+                f"seed {seed} {variant}: test recall@100 {metrics[HEADLINE]:.4f}, validation "
+                f"{best[HEADLINE]:.4f} at epoch {report['best_epoch']}/{report['epochs_run']} ({wall:.0f} s)"
+            )
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return results
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command line of the seed-spread benchmark."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=("ml-100k", "synthetic"), default="ml-100k")
+    p.add_argument("--movielens", type=Path, help="a MovieLens zip (default: ../shared/data/ml-100k.zip)")
+    p.add_argument("--videos", type=int, default=10_000)
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--events", type=int, default=500_000)
+    p.add_argument("--epochs", type=int, help="epoch cap (default: quality.py's: 40 ML, 5 synthetic)")
+    p.add_argument("--protocol", choices=("time_split", "leave_last_out"), default="time_split")
+    p.add_argument("--learning-rate", type=float, help="every variant's (default: 0.2 ML, 0.4 synthetic)")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated TrainConfig seeds")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated of {VARIANTS}")
+    p.add_argument("--workdir", type=Path, help="kept and reused (default: a temp dir, removed)")
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args(argv)
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in args.variants:
+        variant_config(TrainConfig(), v)  # unknown names fail here, before any training
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        p.error("--seeds needs distinct integers")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Prepare the examples, train every variant per seed, print and write the spread and the paired gaps."""
+    args = parse_args(argv)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-seeds-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        if args.dataset == "synthetic":
+            gen = GeneratorConfig(users=args.users, videos=args.videos, events=args.events, seed=1)
+            prepared = prepare_synthetic(gen, work, [args.protocol])
+        else:
+            prepared = prepare_movielens(args.movielens or DEFAULT_MOVIELENS, work, [args.protocol])
+        _, base = model_configs(prepared.kind, args.epochs, budget=False)
+        lr = args.learning_rate or DEFAULT_LEARNING_RATE[prepared.kind]
+        base = with_overrides(base, learning_rate=lr)
+        log(f"{prepared.name} {args.protocol}: variants {args.variants}, seeds {args.seeds}, learning rate {lr}")
+        results = run_seeds(prepared, args.protocol, base, args.variants, args.seeds, work, args.progress)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    summary = summarise_seeds(results)
+    table = format_summary(summary, args.seeds)
+    result = {
+        "summary": summary,
+        "runs": results,
+        "meta": {
+            "dataset": prepared.name,
+            "protocol": args.protocol,
+            "command": " ".join(sys.argv),
+            "seeds": args.seeds,
+            "train": base.model_dump(mode="json", exclude={"loss", "seed"}),
+            "runtime_s": round(time.perf_counter() - started, 1),
+        },
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    md = args.json.with_suffix(".md")
+    md.write_text(
+        f"# Seed spread: {prepared.name}, {args.protocol}\n\nCommand: `{result['meta']['command']}`\n\n{table}\n"
+    )
+    print(table)
+    print(f"wrote {args.json} and {md}")
+
+
+if __name__ == "__main__":
+    main()
