@@ -134,8 +134,8 @@ TWO_TOWER_GRID_NOTE = (
     "0.1 with patience 3 stopped inside that plateau; 0.15 (patience 5), 0.2 and 0.3 were within 0.003 of each other "
     "and 0.01-0.02 above 0.4; embedding_dim 32/128, batch size 128 and patience 6 moved it by <= 0.01 at lr 0.4. "
     "Hence learning_rate in {0.2, 0.4} with the epoch cap raised to 40 and patience 4 (3 could stop inside the "
-    "plateau). exclude_history_from_head=True could not be tried: it fails in recsys/softmax.py (int32/int64 "
-    "tf.where)."
+    "plateau). exclude_history_from_head=True was not part of that exploration (it crashed then, an int32/int64 "
+    "tf.where in recsys/softmax.py, since fixed)."
 )
 N_BOOT = 2000  # user-bootstrap replicates of every interval and paired comparison
 BOOT_SEED = 0
@@ -985,6 +985,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="uniform",
         help="top-K-plus-random's tail T: the design's uniform draw, or log-uniform with Hansen-Hurwitz weights",
     )
+    parser.add_argument(
+        "--losses",
+        default=None,
+        help="comma-separated subset of the two-tower losses (default: all four; budget mode: the sampled three)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="show training progress bars")
     args = parser.parse_args(argv)
@@ -1004,7 +1009,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.protocols = tuple(args.protocols.split(",")) if args.protocols else default_protocols
     if unknown := set(args.protocols) - set(PROTOCOLS):
         parser.error(f"unknown protocol(s) {sorted(unknown)}")
-    args.losses = SAMPLED_LOSSES if args.budget else LOSSES
+    allowed = SAMPLED_LOSSES if args.budget else LOSSES
+    args.losses = tuple(v for v in args.losses.split(",") if v) if args.losses else allowed
+    if not args.losses or set(args.losses) - set(allowed):
+        parser.error(f"--losses must name some of {', '.join(allowed)}")
     return args
 
 
