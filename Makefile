@@ -54,6 +54,7 @@ bench-quality: install
 		--json benchmarks/results/quality_ml100k_logtail.json
 	$(BIN)/python benchmarks/quality.py --dataset synthetic --videos 10000 --users 10000 --events 500000 --epochs 6 \
 		--protocols time_split --tail-sampler loguniform --json benchmarks/results/quality_synthetic_logtail.json
+	$(BIN)/python benchmarks/seeds.py --dataset ml-100k --seeds 1,2,3 --json benchmarks/results/seeds_ml100k.json
 
 bench-softmax: install
 	$(BIN)/python benchmarks/softmax_scaling.py --json benchmarks/results/softmax_scaling.json
