@@ -146,6 +146,7 @@ def run_seeds(
     seeds: Sequence[int],
     work: Path,
     progress: bool,
+    hidden: list[int] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Train every variant once per seed on one protocol's examples; each run's test metrics and validation best."""
     examples = prepared.examples[protocol]
@@ -153,6 +154,7 @@ def run_seeds(
     test = to_batch(data.read("test"), data.max_history, data.max_tokens)
     chunk = score_chunk(data.sizes.videos)
     model_cfg, _ = model_configs(prepared.kind, None, budget=False)
+    model_cfg = with_overrides(model_cfg, hidden=hidden)
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for seed in seeds:
         for variant in variants:
@@ -193,6 +195,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help="epoch cap (default: quality.py's: 40 ML, 5 synthetic)")
     p.add_argument("--protocol", choices=("time_split", "leave_last_out"), default="time_split")
     p.add_argument("--learning-rate", type=float, help="every variant's (default: 0.2 ML, 0.4 synthetic)")
+    p.add_argument("--hidden", help="the user tower's hidden widths, comma-separated ('' for depth 0; default 256)")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated TrainConfig seeds")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated of {VARIANTS}")
     p.add_argument("--workdir", type=Path, help="kept and reused (default: a temp dir, removed)")
@@ -200,6 +203,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.hidden is not None:
+        args.hidden = [int(w) for w in args.hidden.split(",") if w.strip()]
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in args.variants:
         variant_config(TrainConfig(), v)  # unknown names fail here, before any training
@@ -224,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         lr = args.learning_rate or DEFAULT_LEARNING_RATE[prepared.kind]
         base = with_overrides(base, learning_rate=lr)
         log(f"{prepared.name} {args.protocol}: variants {args.variants}, seeds {args.seeds}, learning rate {lr}")
-        results = run_seeds(prepared, args.protocol, base, args.variants, args.seeds, work, args.progress)
+        results = run_seeds(prepared, args.protocol, base, args.variants, args.seeds, work, args.progress, args.hidden)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -238,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "protocol": args.protocol,
             "command": " ".join(sys.argv),
             "seeds": args.seeds,
+            "model": with_overrides(model_configs(prepared.kind, None, budget=False)[0], hidden=args.hidden).model_dump(
+                mode="json"
+            ),
             "train": base.model_dump(mode="json", exclude={"loss", "seed"}),
             "runtime_s": round(time.perf_counter() - started, 1),
         },
