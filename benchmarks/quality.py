@@ -995,6 +995,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="the user tower's hidden widths, comma-separated ('' for depth 0; default 256)",
     )
+    parser.add_argument("--video-input-dim", type=int, default=None, help="width of the watch-history embeddings")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="show training progress bars")
     args = parser.parse_args(argv)
@@ -1044,6 +1045,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         model_cfg, train_cfg = model_configs(prepared.kind, args.epochs, args.budget)
         if args.hidden is not None:
             model_cfg = with_overrides(model_cfg, hidden=[int(w) for w in args.hidden.split(",") if w.strip()])
+        model_cfg = with_overrides(model_cfg, video_input_dim=args.video_input_dim)
         train_cfg = with_overrides(train_cfg, tail_sampler=args.tail_sampler)  # only top-K-plus-random reads it
         args.two_tower_grid = dict(TWO_TOWER_GRID[prepared.kind])
         if args.learning_rates:
