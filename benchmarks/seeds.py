@@ -147,6 +147,7 @@ def run_seeds(
     work: Path,
     progress: bool,
     hidden: list[int] | None = None,
+    video_input_dim: int | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Train every variant once per seed on one protocol's examples; each run's test metrics and validation best."""
     examples = prepared.examples[protocol]
@@ -154,7 +155,7 @@ def run_seeds(
     test = to_batch(data.read("test"), data.max_history, data.max_tokens)
     chunk = score_chunk(data.sizes.videos)
     model_cfg, _ = model_configs(prepared.kind, None, budget=False)
-    model_cfg = with_overrides(model_cfg, hidden=hidden)
+    model_cfg = with_overrides(model_cfg, hidden=hidden, video_input_dim=video_input_dim)
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for seed in seeds:
         for variant in variants:
@@ -196,6 +197,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--protocol", choices=("time_split", "leave_last_out"), default="time_split")
     p.add_argument("--learning-rate", type=float, help="every variant's (default: 0.2 ML, 0.4 synthetic)")
     p.add_argument("--hidden", help="the user tower's hidden widths, comma-separated ('' for depth 0; default 256)")
+    p.add_argument("--video-input-dim", type=int, help="width of the watch-history embeddings (default 64)")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated TrainConfig seeds")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated of {VARIANTS}")
     p.add_argument("--workdir", type=Path, help="kept and reused (default: a temp dir, removed)")
@@ -229,7 +231,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         lr = args.learning_rate or DEFAULT_LEARNING_RATE[prepared.kind]
         base = with_overrides(base, learning_rate=lr)
         log(f"{prepared.name} {args.protocol}: variants {args.variants}, seeds {args.seeds}, learning rate {lr}")
-        results = run_seeds(prepared, args.protocol, base, args.variants, args.seeds, work, args.progress, args.hidden)
+        results = run_seeds(
+            prepared,
+            args.protocol,
+            base,
+            args.variants,
+            args.seeds,
+            work,
+            args.progress,
+            args.hidden,
+            args.video_input_dim,
+        )
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -243,9 +255,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             "protocol": args.protocol,
             "command": " ".join(sys.argv),
             "seeds": args.seeds,
-            "model": with_overrides(model_configs(prepared.kind, None, budget=False)[0], hidden=args.hidden).model_dump(
-                mode="json"
-            ),
+            "model": with_overrides(
+                model_configs(prepared.kind, None, budget=False)[0],
+                hidden=args.hidden,
+                video_input_dim=args.video_input_dim,
+            ).model_dump(mode="json"),
             "train": base.model_dump(mode="json", exclude={"loss", "seed"}),
             "runtime_s": round(time.perf_counter() - started, 1),
         },
