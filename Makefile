@@ -55,6 +55,12 @@ bench-quality: install
 	$(BIN)/python benchmarks/quality.py --dataset synthetic --videos 10000 --users 10000 --events 500000 --epochs 6 \
 		--protocols time_split --tail-sampler loguniform --json benchmarks/results/quality_synthetic_logtail.json
 	$(BIN)/python benchmarks/seeds.py --dataset ml-100k --seeds 1,2,3 --json benchmarks/results/seeds_ml100k.json
+	$(BIN)/python benchmarks/quality.py --dataset ml-100k --protocols time_split --hidden "" --video-input-dim 128 \
+		--json benchmarks/results/quality_ml100k_depth0.json
+	$(BIN)/python benchmarks/quality.py --dataset ml-100k --protocols leave_last_out --hidden "" --video-input-dim 128 \
+		--json benchmarks/results/quality_ml100k_depth0_llo.json
+	$(BIN)/python benchmarks/seeds.py --dataset ml-100k --hidden "" --video-input-dim 128 --learning-rate 0.4 \
+		--seeds 1,2 --variants full,loguniform,topk_random --json benchmarks/results/seeds_ml100k_depth0.json
 
 bench-softmax: install
 	$(BIN)/python benchmarks/softmax_scaling.py --json benchmarks/results/softmax_scaling.json
