@@ -206,6 +206,19 @@ def model_configs(kind: str, epochs: int | None, budget: bool) -> tuple[ModelCon
     return model, cfg
 
 
+def tower_widths(text: str) -> list[int]:
+    """The user tower's hidden widths from a comma-separated command-line value ('' means depth 0)."""
+    try:
+        return [int(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise ValueError(f"hidden widths must be comma-separated integers, got {text!r}") from None
+
+
+def with_tower(model_cfg: ModelConfig, hidden: list[int] | None, video_input_dim: int | None) -> ModelConfig:
+    """The model config with the command line's tower shape (None keeps the config's value)."""
+    return with_overrides(model_cfg, hidden=hidden, video_input_dim=video_input_dim)
+
+
 def grid_points(axes: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """Every combination of the grid's axes as a {field: value} dict, in a stable order."""
     names = list(axes)
@@ -1019,6 +1032,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.losses = tuple(v for v in args.losses.split(",") if v) if args.losses else allowed
     if not args.losses or set(args.losses) - set(allowed):
         parser.error(f"--losses must name some of {', '.join(allowed)}")
+    if args.hidden is not None:
+        try:
+            args.hidden = tower_widths(args.hidden)
+        except ValueError as err:
+            parser.error(str(err))
     return args
 
 
@@ -1043,9 +1061,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             prepared = prepare_movielens(zip_path, work, args.protocols)
         log(f"examples ready for {', '.join(args.protocols)}")
         model_cfg, train_cfg = model_configs(prepared.kind, args.epochs, args.budget)
-        if args.hidden is not None:
-            model_cfg = with_overrides(model_cfg, hidden=[int(w) for w in args.hidden.split(",") if w.strip()])
-        model_cfg = with_overrides(model_cfg, video_input_dim=args.video_input_dim)
+        model_cfg = with_tower(model_cfg, args.hidden, args.video_input_dim)
         train_cfg = with_overrides(train_cfg, tail_sampler=args.tail_sampler)  # only top-K-plus-random reads it
         args.two_tower_grid = dict(TWO_TOWER_GRID[prepared.kind])
         if args.learning_rates:

@@ -41,8 +41,10 @@ from benchmarks.quality import (
     prepare_synthetic,
     score_chunk,
     score_two_tower,
+    tower_widths,
+    with_tower,
 )
-from recsys.config import GeneratorConfig, TrainConfig, with_overrides
+from recsys.config import GeneratorConfig, ModelConfig, TrainConfig, with_overrides
 from recsys.metrics import metrics_from_ranks
 from training.data import ExampleSet, to_batch
 from training.train import train
@@ -101,7 +103,7 @@ def summarise_seeds(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             **{k: spread([r["test"][k] for r in runs]) for k in METRIC_KEYS},
             "validation_recall@100": spread([r["validation"]["recall@100"] for r in runs]),
         }
-    pairs = [(a, b) for a in results if a.startswith("topk_random") for b in results if b not in TOPK_VARIANTS]
+    pairs = [(a, b) for a in results if a in TOPK_VARIANTS for b in results if b not in TOPK_VARIANTS]
     if LOGTAIL in results and "topk_random" in results:
         pairs.append((LOGTAIL, "topk_random"))
     for a, b in pairs:
@@ -141,21 +143,18 @@ def format_summary(summary: dict[str, Any], seeds: Sequence[int]) -> str:
 def run_seeds(
     prepared: Prepared,
     protocol: str,
+    model_cfg: ModelConfig,
     base: TrainConfig,
     variants: Sequence[str],
     seeds: Sequence[int],
     work: Path,
     progress: bool,
-    hidden: list[int] | None = None,
-    video_input_dim: int | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Train every variant once per seed on one protocol's examples; each run's test metrics and validation best."""
     examples = prepared.examples[protocol]
     data = ExampleSet.open(examples)
     test = to_batch(data.read("test"), data.max_history, data.max_tokens)
     chunk = score_chunk(data.sizes.videos)
-    model_cfg, _ = model_configs(prepared.kind, None, budget=False)
-    model_cfg = with_overrides(model_cfg, hidden=hidden, video_input_dim=video_input_dim)
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for seed in seeds:
         for variant in variants:
@@ -206,7 +205,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.hidden is not None:
-        args.hidden = [int(w) for w in args.hidden.split(",") if w.strip()]
+        try:
+            args.hidden = tower_widths(args.hidden)
+        except ValueError as err:
+            p.error(str(err))
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in args.variants:
         variant_config(TrainConfig(), v)  # unknown names fail here, before any training
@@ -227,21 +229,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             prepared = prepare_synthetic(gen, work, [args.protocol])
         else:
             prepared = prepare_movielens(args.movielens or DEFAULT_MOVIELENS, work, [args.protocol])
-        _, base = model_configs(prepared.kind, args.epochs, budget=False)
-        lr = args.learning_rate or DEFAULT_LEARNING_RATE[prepared.kind]
+        model_cfg, base = model_configs(prepared.kind, args.epochs, budget=False)
+        model_cfg = with_tower(model_cfg, args.hidden, args.video_input_dim)
+        lr = args.learning_rate if args.learning_rate is not None else DEFAULT_LEARNING_RATE[prepared.kind]
         base = with_overrides(base, learning_rate=lr)
         log(f"{prepared.name} {args.protocol}: variants {args.variants}, seeds {args.seeds}, learning rate {lr}")
-        results = run_seeds(
-            prepared,
-            args.protocol,
-            base,
-            args.variants,
-            args.seeds,
-            work,
-            args.progress,
-            args.hidden,
-            args.video_input_dim,
-        )
+        results = run_seeds(prepared, args.protocol, model_cfg, base, args.variants, args.seeds, work, args.progress)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -255,11 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "protocol": args.protocol,
             "command": " ".join(sys.argv),
             "seeds": args.seeds,
-            "model": with_overrides(
-                model_configs(prepared.kind, None, budget=False)[0],
-                hidden=args.hidden,
-                video_input_dim=args.video_input_dim,
-            ).model_dump(mode="json"),
+            "model": model_cfg.model_dump(mode="json"),
             "train": base.model_dump(mode="json", exclude={"loss", "seed"}),
             "runtime_s": round(time.perf_counter() - started, 1),
         },

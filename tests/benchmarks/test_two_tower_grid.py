@@ -64,3 +64,16 @@ def test_tune_loss_keeps_the_point_with_the_best_validation_recall(tiny_examples
     assert entry["grid"] == {"learning_rate": [0.001, 0.5]}
     assert (entry["epoch_cap"], entry["patience"]) == (3, 1)
     assert all(1 <= p["best_epoch"] <= p["epochs_run"] <= 3 for p in entry["points"])
+
+
+def test_tower_widths_parses_depth_zero_and_refuses_junk() -> None:
+    from benchmarks.quality import parse_args, tower_widths, with_tower
+
+    assert tower_widths("") == []
+    assert tower_widths("512, 256") == [512, 256]
+    with pytest.raises(ValueError, match="comma-separated integers"):
+        tower_widths("256,wide")
+    with pytest.raises(SystemExit):
+        parse_args(["--json", "x.json", "--hidden", "256,wide"])
+    cfg = with_tower(ModelConfig(hidden=[256]), [], None)
+    assert cfg.hidden == [] and cfg.video_input_dim == ModelConfig().video_input_dim
