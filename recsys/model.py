@@ -22,6 +22,7 @@ SEQUENCE_FEATURES = ("history", "search_tokens")
 CATEGORY_FEATURES = ("country", "device", "gender")
 NUMERIC_FEATURES = ("example_age_days", "age", "logged_in")
 _AGE_SCALE_DAYS = 30.0
+_N_NUMERIC = 4  # example age, its square, normalised age, logged_in: the columns of the numeric stack in call()
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,20 @@ class UserTower(keras.Model):
         # The last layer is linear: a ReLU output would confine u to the positive orthant and cripple MIPS.
         self.projection = keras.layers.Dense(config.embedding_dim, name="user_vector")
 
+    def input_width(self) -> int:
+        """Width of the concatenated features that enter the first hidden layer."""
+        c = self.config
+        return c.video_input_dim + c.token_input_dim + c.category_dim * len(CATEGORY_FEATURES) + _N_NUMERIC
+
+    def build(self, input_shape: Any = None) -> None:
+        """Create the dense layers' weights from the known feature width, so no weight is made lazily."""
+        width = self.input_width()
+        for layer in self.hidden_layers:
+            layer.build((None, width))
+            width = layer.units
+        self.projection.build((None, width))
+        self.built = True
+
     def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """User vectors [B, embedding_dim] from a batch of features."""
         age_days = tf.cast(features["example_age_days"], tf.float32) / _AGE_SCALE_DAYS
@@ -135,6 +150,11 @@ class TwoTower(keras.Model):
         super().__init__(**kwargs)
         self.tower = UserTower(sizes, config, name="user_tower")
         self.output_layer = OutputEmbedding(sizes.videos, config.embedding_dim, config.output_bias, name="output")
+
+    def build(self, input_shape: Any = None) -> None:
+        """Build the tower (the output layer's weights already exist)."""
+        self.tower.build(input_shape)
+        self.built = True
 
     def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """User vectors for the batch (losses score them against the output layer)."""
