@@ -1,0 +1,161 @@
+"""Validation-only sweep: how model and training settings move one loss's validation recall, never looking at test.
+
+    python benchmarks/sweep.py --dataset ml-100k --loss full \\
+        --point '{"hidden": [256]}' --point '{"hidden": [], "video_input_dim": 128}' \\
+        --json benchmarks/results/sweep_ml100k_tower.json
+
+Every point starts from `quality.py`'s base model and training config of the dataset (its tower and learning
+rate included) and overrides the JSON object's keys (ModelConfig or TrainConfig fields). Each point trains with
+early stopping on the time split and reports its validation recall@100 per epoch and at its best epoch. This is how
+`quality.py`'s defaults (TOWER_NOTE, TWO_TOWER_GRID_NOTE) are chosen; the test split is never read, so the choice
+cannot leak into the reported test figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python benchmarks/sweep.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.quality import (
+    DEFAULT_MOVIELENS,
+    METRIC_KEYS,
+    apply_point,
+    log,
+    model_configs,
+    prepare_movielens,
+    prepare_synthetic,
+)
+from recsys.config import GeneratorConfig, with_overrides
+from training.train import train
+
+HEADLINE = "recall@100"
+
+
+def parse_point(text: str) -> dict[str, Any]:
+    """One sweep point from a JSON object of config overrides."""
+    try:
+        point = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--point must be a JSON object, got {text!r}: {err}") from None
+    if not isinstance(point, dict):
+        raise ValueError(f"--point must be a JSON object, got {text!r}")
+    return point
+
+
+def curve(report: dict[str, Any]) -> list[float]:
+    """Validation recall@100 after each epoch of one training report."""
+    return [round(float(e[HEADLINE]), 4) for e in report["epochs"]]
+
+
+def format_rows(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table: one row per point, its best validation recall@100, best epoch and curve."""
+    lines = [
+        "| point | validation R@100 | best epoch / run | per-epoch validation R@100 |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{json.dumps(r['point'])}` | {r['validation'][HEADLINE]:.4f} | {r['best_epoch']} / {r['epochs_run']} "
+            f"| {' '.join(f'{v:.3f}' for v in r['curve'])} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command line of the sweep."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=("ml-100k", "synthetic"), default="ml-100k")
+    p.add_argument("--movielens", type=Path, help="a MovieLens zip (default: ../shared/data/ml-100k.zip)")
+    p.add_argument("--videos", type=int, default=10_000)
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--events", type=int, default=500_000)
+    p.add_argument("--loss", choices=("full", "loguniform", "inbatch", "topk_random"), default="full")
+    p.add_argument("--point", action="append", required=True, help="JSON object of config overrides (repeatable)")
+    p.add_argument("--workdir", type=Path, help="kept and reused (default: a temp dir, removed)")
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        args.point = [parse_point(t) for t in args.point]
+        model_cfg, train_cfg = model_configs("movielens", None, budget=False)
+        for point in args.point:  # unknown or invalid keys fail here, before any data is prepared
+            apply_point(model_cfg, train_cfg, point)
+    except (ValueError, KeyError) as err:
+        p.error(str(err))
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Train the loss at every point on the time split and write each point's validation results."""
+    args = parse_args(argv)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    try:
+        if args.dataset == "synthetic":
+            gen = GeneratorConfig(users=args.users, videos=args.videos, events=args.events, seed=1)
+            prepared = prepare_synthetic(gen, work, ["time_split"])
+        else:
+            prepared = prepare_movielens(args.movielens or DEFAULT_MOVIELENS, work, ["time_split"])
+        model_cfg, train_cfg = model_configs(prepared.kind, None, budget=False)
+        train_cfg = with_overrides(train_cfg, loss=args.loss)
+        for i, point in enumerate(args.point):
+            point_model, point_train = apply_point(model_cfg, train_cfg, point)
+            run_dir = work / "runs" / f"point-{i}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            t0 = time.perf_counter()
+            report = train(prepared.examples["time_split"], run_dir, point_model, point_train, progress=args.progress)
+            best = report["epochs"][report["best_epoch"] - 1]
+            rows.append(
+                {
+                    "point": point,
+                    "validation": {k: best[k] for k in METRIC_KEYS},
+                    "best_epoch": report["best_epoch"],
+                    "epochs_run": report["epochs_run"],
+                    "curve": curve(report),
+                    "steps": report["steps"],
+                    "wall_s": round(time.perf_counter() - t0, 1),
+                }
+            )
+            log(
+                f"{args.loss} {json.dumps(point)}: validation recall@100 {best[HEADLINE]:.4f} at epoch "
+                f"{report['best_epoch']}/{report['epochs_run']}"
+            )
+            shutil.rmtree(run_dir, ignore_errors=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    table = format_rows(rows)
+    print(table)
+    result = {
+        "points": rows,
+        "meta": {
+            "dataset": prepared.name,
+            "loss": args.loss,
+            "command": " ".join(sys.argv),
+            "base_model": model_cfg.model_dump(mode="json"),
+            "base_train": train_cfg.model_dump(mode="json"),
+            "runtime_s": round(time.perf_counter() - started, 1),
+        },
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    args.json.with_suffix(".md").write_text(
+        f"# Validation sweep: {prepared.name}, {args.loss}, time split\n\nCommand: `{result['meta']['command']}`\n\n"
+        f"Validation only (test is never read). Base: quality.py's config of the dataset.\n\n{table}\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The validation sweep: point parsing, its table, and one real two-point sweep on ML-100K."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.sweep import format_rows, main, parse_args, parse_point
+
+ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k.zip"
+
+
+def test_points_must_be_json_objects_of_known_fields(tmp_path: Path) -> None:
+    assert parse_point('{"hidden": [], "learning_rate": 0.2}') == {"hidden": [], "learning_rate": 0.2}
+    for bad in ("[1]", "hidden=[]", '"x"'):
+        with pytest.raises(ValueError, match="JSON object"):
+            parse_point(bad)
+    out = str(tmp_path / "s.json")
+    for bad in ('{"nope": 1}', '{"hidden": "wide"}', '{"learning_rate": -1}'):
+        with pytest.raises(SystemExit) as err:  # a usage error before any data is read, not a traceback later
+            parse_args(["--json", out, "--point", bad])
+        assert err.value.code == 2
+
+
+def test_rows_table_shows_best_and_curve() -> None:
+    rows = [
+        {
+            "point": {"hidden": []},
+            "validation": {"recall@100": 0.47},
+            "best_epoch": 2,
+            "epochs_run": 3,
+            "curve": [0.41, 0.47, 0.46],
+        }
+    ]
+    table = format_rows(rows)
+    assert '`{"hidden": []}` | 0.4700 | 2 / 3 | 0.410 0.470 0.460 |' in table
+
+
+@pytest.mark.slow
+def test_sweep_trains_every_point_and_reports_validation_only(tmp_path: Path) -> None:
+    if not ML100K.is_file():
+        pytest.skip(f"MovieLens 100K not found at {ML100K} (shared/data/ml-100k.zip)")
+    out = tmp_path / "sweep.json"
+    points = ['{"epochs": 2, "patience": 2}', '{"epochs": 1, "hidden": [16], "video_input_dim": 16}']
+    main(
+        [
+            "--dataset",
+            "ml-100k",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--json",
+            str(out),
+            *[arg for p in points for arg in ("--point", p)],
+        ]
+    )
+    result = json.loads(out.read_text())
+    rows = result["points"]
+    assert [r["point"] for r in rows] == [json.loads(p) for p in points]
+    assert [len(r["curve"]) for r in rows] == [2, 1]  # each point trained its own epoch cap
+    for r in rows:
+        assert 0.0 < r["validation"]["recall@100"] <= 1.0
+        assert r["validation"]["recall@100"] == pytest.approx(max(r["curve"]), abs=1e-4)
+    assert "test" not in json.dumps(result["points"])  # validation only: no test metric is ever computed
+    assert out.with_suffix(".md").read_text().count("| `{") == 2
