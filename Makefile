@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= out/demo
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-softmax clean
+.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-quality-history bench-softmax clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,21 +46,34 @@ format: install
 bench-pipeline: install
 	$(BIN)/python benchmarks/pipeline.py --events 10000000 --json benchmarks/results/pipeline.json
 
+# The quality results of the current defaults (~3 h on a 2-core box, one at a time).
 bench-quality: install
 	$(BIN)/python benchmarks/quality.py --dataset ml-100k --json benchmarks/results/quality_ml100k.json
-	$(BIN)/python benchmarks/quality.py --dataset synthetic --videos 10000 --users 10000 --events 500000 --epochs 6 \
-		--protocols time_split --json benchmarks/results/quality_synthetic.json
-	$(BIN)/python benchmarks/quality.py --dataset ml-100k --tail-sampler loguniform \
-		--json benchmarks/results/quality_ml100k_logtail.json
-	$(BIN)/python benchmarks/quality.py --dataset synthetic --videos 10000 --users 10000 --events 500000 --epochs 6 \
-		--protocols time_split --tail-sampler loguniform --json benchmarks/results/quality_synthetic_logtail.json
 	$(BIN)/python benchmarks/seeds.py --dataset ml-100k --seeds 1,2,3 --json benchmarks/results/seeds_ml100k.json
-	$(BIN)/python benchmarks/quality.py --dataset ml-100k --protocols time_split --hidden "" --video-input-dim 128 \
-		--json benchmarks/results/quality_ml100k_depth0.json
-	$(BIN)/python benchmarks/quality.py --dataset ml-100k --protocols leave_last_out --hidden "" --video-input-dim 128 \
-		--json benchmarks/results/quality_ml100k_depth0_llo.json
-	$(BIN)/python benchmarks/seeds.py --dataset ml-100k --hidden "" --video-input-dim 128 --learning-rate 0.4 \
-		--seeds 1,2 --variants full,loguniform,topk_random --json benchmarks/results/seeds_ml100k_depth0.json
+	$(BIN)/python benchmarks/quality.py --dataset synthetic --videos 10000 --users 10000 --events 500000 \
+		--protocols time_split --json benchmarks/results/quality_synthetic.json
+	$(BIN)/python benchmarks/sweep.py --dataset ml-100k --loss full \
+		--point '{"hidden": [256], "video_input_dim": 64, "learning_rate": 0.2}' \
+		--point '{"hidden": [1024, 512, 256], "video_input_dim": 64, "learning_rate": 0.2}' \
+		--point '{"hidden": [], "video_input_dim": 64, "learning_rate": 0.2}' \
+		--point '{"hidden": [], "video_input_dim": 128, "learning_rate": 0.2}' \
+		--point '{"hidden": [], "video_input_dim": 128}' --json benchmarks/results/sweep_ml100k_tower.json
+
+# Earlier configurations kept beside the defaults for comparison (the one-hidden-layer tower on ML-100K, the
+# 6-epoch synthetic run with 20 examples per user, the log-uniform tail with both).
+bench-quality-history: install
+	$(BIN)/python benchmarks/quality.py --dataset ml-100k --hidden 256 --video-input-dim 64 \
+		--json benchmarks/results/quality_ml100k_1layer.json
+	$(BIN)/python benchmarks/quality.py --dataset ml-100k --hidden 256 --video-input-dim 64 --tail-sampler loguniform \
+		--json benchmarks/results/quality_ml100k_logtail.json
+	$(BIN)/python benchmarks/seeds.py --dataset ml-100k --hidden 256 --video-input-dim 64 --learning-rate 0.2 \
+		--seeds 1,2,3 --json benchmarks/results/seeds_ml100k_1layer.json
+	$(BIN)/python benchmarks/quality.py --dataset synthetic --videos 10000 --users 10000 --events 500000 --epochs 6 \
+		--max-examples-per-user 20 --learning-rates 0.2,0.4 --protocols time_split \
+		--json benchmarks/results/quality_synthetic_6ep.json
+	$(BIN)/python benchmarks/quality.py --dataset synthetic --videos 10000 --users 10000 --events 500000 --epochs 6 \
+		--max-examples-per-user 20 --learning-rates 0.2,0.4 --protocols time_split --tail-sampler loguniform \
+		--json benchmarks/results/quality_synthetic_logtail.json
 
 bench-softmax: install
 	$(BIN)/python benchmarks/softmax_scaling.py --json benchmarks/results/softmax_scaling.json

@@ -206,9 +206,16 @@ def write_markdown(result: dict[str, Any], json_path: Path, out: Path, plots: Se
         "test is scored once, for the chosen point); for the two-tower losses each grid point trains with early "
         "stopping and its best epoch counts."
     )
-    note = meta.get("hyperparameters", {}).get("two_tower", {}).get("grid_note")
-    if note:
-        lines += ["", f"Two-tower grid: {note}"]
+    two_tower = meta.get("hyperparameters", {}).get("two_tower", {})
+    model = two_tower.get("model")
+    if model:
+        lines += [
+            "",
+            f"User tower: hidden {model.get('hidden')}, embedding_dim {model.get('embedding_dim')}, "
+            f"video_input_dim {model.get('video_input_dim')}. {two_tower.get('tower_note') or ''}".rstrip(),
+        ]
+    if two_tower.get("grid_note"):
+        lines += ["", f"Two-tower grid: {two_tower['grid_note']}"]
     for protocol in protocols_of(result):
         lines += ["", f"## {PROTOCOL_NAMES.get(protocol, protocol)}", "", *method_table(protocol, result)]
     lines += ["", "## Paired comparisons", ""]

@@ -53,8 +53,9 @@ LOGTAIL = "topk_random+logtail"
 VARIANTS = ("full", "loguniform", "inbatch", "topk_random", LOGTAIL)
 TOPK_VARIANTS = ("topk_random", LOGTAIL)
 DEFAULT_VARIANTS = ("full", "loguniform", "topk_random", LOGTAIL)
-# The learning rate every time-split loss chose in quality.py's grid (quality_ml100k.json, quality_synthetic.json).
-DEFAULT_LEARNING_RATE = {"movielens": 0.2, "synthetic": 0.4}
+# The learning rate every time-split loss chose in quality.py's grid with its default towers (quality_ml100k.json,
+# quality_synthetic.json).
+DEFAULT_LEARNING_RATE = {"movielens": 0.4, "synthetic": 0.4}
 HEADLINE = "recall@100"
 
 
@@ -194,9 +195,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=500_000)
     p.add_argument("--epochs", type=int, help="epoch cap (default: quality.py's: 40 ML, 5 synthetic)")
     p.add_argument("--protocol", choices=("time_split", "leave_last_out"), default="time_split")
-    p.add_argument("--learning-rate", type=float, help="every variant's (default: 0.2 ML, 0.4 synthetic)")
-    p.add_argument("--hidden", help="the user tower's hidden widths, comma-separated ('' for depth 0; default 256)")
-    p.add_argument("--video-input-dim", type=int, help="width of the watch-history embeddings (default 64)")
+    p.add_argument("--learning-rate", type=float, help="every variant's (default 0.4, validation's choice)")
+    p.add_argument("--hidden", help="hidden widths, comma-separated ('' for depth 0; default quality.py's)")
+    p.add_argument("--video-input-dim", type=int, help="watch-history embedding width (default quality.py's)")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated TrainConfig seeds")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated of {VARIANTS}")
     p.add_argument("--workdir", type=Path, help="kept and reused (default: a temp dir, removed)")

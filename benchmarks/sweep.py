@@ -32,6 +32,7 @@ from benchmarks.quality import (
     apply_point,
     log,
     model_configs,
+    pipeline_config,
     prepare_movielens,
     prepare_synthetic,
 )
@@ -42,13 +43,13 @@ HEADLINE = "recall@100"
 
 
 def parse_point(text: str) -> dict[str, Any]:
-    """One sweep point from a JSON object of config overrides."""
+    """Config overrides from a JSON object (a --point or --pipeline value)."""
     try:
         point = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"--point must be a JSON object, got {text!r}: {err}") from None
+        raise ValueError(f"expected a JSON object, got {text!r}: {err}") from None
     if not isinstance(point, dict):
-        raise ValueError(f"--point must be a JSON object, got {text!r}")
+        raise ValueError(f"expected a JSON object, got {text!r}")
     return point
 
 
@@ -81,12 +82,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=500_000)
     p.add_argument("--loss", choices=("full", "loguniform", "inbatch", "topk_random"), default="full")
     p.add_argument("--point", action="append", required=True, help="JSON object of config overrides (repeatable)")
+    p.add_argument("--pipeline", default="{}", help="JSON object of PipelineConfig overrides (every point)")
     p.add_argument("--workdir", type=Path, help="kept and reused (default: a temp dir, removed)")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
     try:
         args.point = [parse_point(t) for t in args.point]
+        args.pipeline = parse_point(args.pipeline)
+        with_overrides(pipeline_config("movielens", "time_split"), **args.pipeline)
         model_cfg, train_cfg = model_configs("movielens", None, budget=False)
         for point in args.point:  # unknown or invalid keys fail here, before any data is prepared
             apply_point(model_cfg, train_cfg, point)
@@ -105,15 +109,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if args.dataset == "synthetic":
             gen = GeneratorConfig(users=args.users, videos=args.videos, events=args.events, seed=1)
-            prepared = prepare_synthetic(gen, work, ["time_split"])
+            prepared = prepare_synthetic(gen, work, ["time_split"], args.pipeline)
         else:
-            prepared = prepare_movielens(args.movielens or DEFAULT_MOVIELENS, work, ["time_split"])
+            prepared = prepare_movielens(args.movielens or DEFAULT_MOVIELENS, work, ["time_split"], args.pipeline)
         model_cfg, train_cfg = model_configs(prepared.kind, None, budget=False)
         train_cfg = with_overrides(train_cfg, loss=args.loss)
+        (work / "runs").mkdir(parents=True, exist_ok=True)
         for i, point in enumerate(args.point):
             point_model, point_train = apply_point(model_cfg, train_cfg, point)
-            run_dir = work / "runs" / f"point-{i}"
-            shutil.rmtree(run_dir, ignore_errors=True)
+            # A fresh directory per point: sweeps sharing a --workdir never train into each other's runs.
+            run_dir = Path(tempfile.mkdtemp(prefix=f"point-{i}-", dir=work / "runs"))
             t0 = time.perf_counter()
             report = train(prepared.examples["time_split"], run_dir, point_model, point_train, progress=args.progress)
             best = report["epochs"][report["best_epoch"] - 1]
@@ -143,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "meta": {
             "dataset": prepared.name,
             "loss": args.loss,
+            "pipeline": prepared.pipeline["time_split"]["config"],
             "command": " ".join(sys.argv),
             "base_model": model_cfg.model_dump(mode="json"),
             "base_train": train_cfg.model_dump(mode="json"),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.quality import prepare_movielens
 from benchmarks.sweep import format_rows, main, parse_args, parse_point
 
 ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k.zip"
@@ -15,12 +16,16 @@ ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k.zip"
 def test_points_must_be_json_objects_of_known_fields(tmp_path: Path) -> None:
     assert parse_point('{"hidden": [], "learning_rate": 0.2}') == {"hidden": [], "learning_rate": 0.2}
     for bad in ("[1]", "hidden=[]", '"x"'):
-        with pytest.raises(ValueError, match="JSON object"):
+        with pytest.raises(ValueError, match="expected a JSON object"):
             parse_point(bad)
     out = str(tmp_path / "s.json")
     for bad in ('{"nope": 1}', '{"hidden": "wide"}', '{"learning_rate": -1}'):
         with pytest.raises(SystemExit) as err:  # a usage error before any data is read, not a traceback later
             parse_args(["--json", out, "--point", bad])
+        assert err.value.code == 2
+    for bad in ('{"max_examples_per_user": 0}', '{"nope": 1}', "[]"):
+        with pytest.raises(SystemExit) as err:
+            parse_args(["--json", out, "--point", "{}", "--pipeline", bad])
         assert err.value.code == 2
 
 
@@ -52,10 +57,13 @@ def test_sweep_trains_every_point_and_reports_validation_only(tmp_path: Path) ->
             str(tmp_path / "w"),
             "--json",
             str(out),
+            "--pipeline",
+            '{"max_examples_per_user": 30}',
             *[arg for p in points for arg in ("--point", p)],
         ]
     )
     result = json.loads(out.read_text())
+    assert result["meta"]["pipeline"]["max_examples_per_user"] == 30  # the data knob reached the pipeline
     rows = result["points"]
     assert [r["point"] for r in rows] == [json.loads(p) for p in points]
     assert [len(r["curve"]) for r in rows] == [2, 1]  # each point trained its own epoch cap
@@ -64,3 +72,16 @@ def test_sweep_trains_every_point_and_reports_validation_only(tmp_path: Path) ->
         assert r["validation"]["recall@100"] == pytest.approx(max(r["curve"]), abs=1e-4)
     assert "test" not in json.dumps(result["points"])  # validation only: no test metric is ever computed
     assert out.with_suffix(".md").read_text().count("| `{") == 2
+
+
+@pytest.mark.slow
+def test_pipeline_overrides_get_their_own_examples(tmp_path: Path) -> None:
+    if not ML100K.is_file():
+        pytest.skip(f"MovieLens 100K not found at {ML100K} (shared/data/ml-100k.zip)")
+    default = prepare_movielens(ML100K, tmp_path, ["time_split"])
+    capped = prepare_movielens(ML100K, tmp_path, ["time_split"], {"max_examples_per_user": 5})
+    # Same work dir, other data knobs: a second run must not rewrite the first run's examples under it.
+    assert default.examples["time_split"] != capped.examples["time_split"]
+    assert (default.examples["time_split"] / "report.json").is_file()
+    assert capped.pipeline["time_split"]["config"]["max_examples_per_user"] == 5
+    assert capped.pipeline["time_split"]["examples"]["train"] < default.pipeline["time_split"]["examples"]["train"]

@@ -77,3 +77,19 @@ def test_tower_widths_parses_depth_zero_and_refuses_junk() -> None:
         parse_args(["--json", "x.json", "--hidden", "256,wide"])
     cfg = with_tower(ModelConfig(hidden=[256]), [], None)
     assert cfg.hidden == [] and cfg.video_input_dim == ModelConfig().video_input_dim
+
+
+def test_default_towers_and_the_example_cap_flag() -> None:
+    from benchmarks.quality import TOWER_NOTE, model_configs, parse_args, pipeline_config
+
+    # The towers TOWER_NOTE's validation sweep chose: depth 0 for MovieLens, one hidden layer for synthetic.
+    ml, _ = model_configs("movielens", None, budget=False)
+    syn, syn_train = model_configs("synthetic", None, budget=False)
+    assert (ml.hidden, ml.video_input_dim) == ([], 128) and syn.hidden == [256]
+    assert "depth 0" in TOWER_NOTE and syn_train.epochs == 20
+    # Both time splits train on up to 200 examples per user, so the two-tower sees what ALS/BPR/EASE see.
+    assert pipeline_config("synthetic", "time_split").max_examples_per_user == 200
+    assert parse_args(["--json", "x.json"]).pipeline == {}
+    assert parse_args(["--json", "x.json", "--max-examples-per-user", "20"]).pipeline == {"max_examples_per_user": 20}
+    with pytest.raises(SystemExit):
+        parse_args(["--json", "x.json", "--max-examples-per-user", "0"])
