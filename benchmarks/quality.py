@@ -49,6 +49,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import sys
 import tempfile
@@ -1135,7 +1136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     result["meta"] = {
         "dataset": prepared.name,
         "mode": "equal wall-clock budget, sampled losses only" if args.budget else "same epochs and early stopping",
-        "command": " ".join(sys.argv),
+        "command": shlex.join(sys.argv),
         "runtime_s": round(runtime, 1),
         "exclude_history": args.exclude_history,
         "metrics": "test split, full catalogue, exact scores, tie-averaged ranks (recsys.metrics.label_ranks)",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import shutil
 import sys
 import tempfile
@@ -247,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "meta": {
             "dataset": prepared.name,
             "protocol": args.protocol,
-            "command": " ".join(sys.argv),
+            "command": shlex.join(sys.argv),
             "seeds": args.seeds,
             "model": model_cfg.model_dump(mode="json"),
             "train": base.model_dump(mode="json", exclude={"loss", "seed"}),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import tempfile
@@ -149,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "dataset": prepared.name,
             "loss": args.loss,
             "pipeline": prepared.pipeline["time_split"]["config"],
-            "command": " ".join(sys.argv),
+            "command": shlex.join(sys.argv),
             "base_model": model_cfg.model_dump(mode="json"),
             "base_train": train_cfg.model_dump(mode="json"),
             "runtime_s": round(time.perf_counter() - started, 1),
