@@ -14,6 +14,19 @@ from pydantic import ValidationError
 from recsys.config import Settings, load_settings
 from recsys.errors import RecsysError
 
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """The exception classes of a bad command line: click's, and those of typer's vendored click (newer typer)."""
+    errors: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as vendored
+    except ImportError:  # older typer raises click's own exceptions
+        return tuple(errors)
+    return (*errors, vendored)
+
+
+USAGE_ERRORS = _usage_errors()
+
 app = typer.Typer(
     name="recsys",
     help="YouTube-style two-tower candidate generator: data, examples, training, index, serving.",
@@ -59,6 +72,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except USAGE_ERRORS as exc:
+        exc.show()  # type: ignore[attr-defined]  # both classes have show() and exit_code
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]

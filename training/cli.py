@@ -32,6 +32,7 @@ def train(
     tail_sampler: Annotated[str | None, typer.Option(help="top-K-plus-random tail: uniform | loguniform")] = None,
     hidden: Annotated[str | None, typer.Option(help="tower widths, e.g. 1024,512,256 (empty: linear)")] = None,
     embedding_dim: Annotated[int | None, typer.Option()] = None,
+    video_input_dim: Annotated[int | None, typer.Option(help="width of the watch-history input embeddings")] = None,
     index_spec: Annotated[str | None, typer.Option(help="FAISS factory string of the miner's index")] = None,
     resume: Annotated[bool, typer.Option(help="continue a killed run from its last checkpoint")] = False,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -41,8 +42,13 @@ def train(
     from training.train import train as run_train
 
     settings = settings_from(ctx)
-    widths = None if hidden is None else [int(w) for w in hidden.split(",") if w.strip()]
-    model_cfg = with_overrides(settings.model, hidden=widths, embedding_dim=embedding_dim)
+    try:
+        widths = None if hidden is None else [int(w) for w in hidden.split(",") if w.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {hidden!r}", param_hint="--hidden") from None
+    model_cfg = with_overrides(
+        settings.model, hidden=widths, embedding_dim=embedding_dim, video_input_dim=video_input_dim
+    )
     cfg = with_overrides(
         settings.train,
         loss=loss,

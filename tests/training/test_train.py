@@ -200,3 +200,23 @@ def test_topk_random_trains_with_history_excluded_from_the_head(synthetic_exampl
     assert report["steps"] > cfg.warmup_steps  # the top-K head (and so the exclusion) was used
     assert np.isfinite(report["epochs"][0]["loss"])
     assert np.isfinite(np.load(tmp_path / "run" / EMBEDDINGS_FILE)).all()
+
+
+@pytest.mark.slow
+def test_cli_trains_the_tower_shape_it_is_given(synthetic_examples, tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    base = [sys.executable, "-m", "recsys", "train", "--examples", str(synthetic_examples), "--loss", "full"]
+    out = tmp_path / "run"
+    shape = ["--hidden", "", "--video-input-dim", "16", "--embedding-dim", "16", "--epochs", "1", "--quiet"]
+    done = subprocess.run([*base, "--out", str(out), *shape], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    model = json.loads((out / "report.json").read_text())["config"]["model"]
+    assert (model["hidden"], model["video_input_dim"], model["embedding_dim"]) == ([], 16, 16)
+    # A malformed width list is a usage error naming the option, not a traceback; nothing is written.
+    bad = subprocess.run(
+        [*base, "--out", str(tmp_path / "bad"), "--hidden", "256,wide"], capture_output=True, text=True, env=env
+    )
+    assert bad.returncode == 2 and "--hidden" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    unknown = subprocess.run([*base, "--out", str(out), "--depth", "3"], capture_output=True, text=True, env=env)
+    assert unknown.returncode == 2 and "No such option" in unknown.stderr and "Traceback" not in unknown.stderr
