@@ -355,6 +355,19 @@ def prepare_synthetic(
     return prepared
 
 
+def prepare_dataset(
+    args: argparse.Namespace, work: Path, protocols: Sequence[str], pipeline: dict[str, Any] | None = None
+) -> Prepared:
+    """The dataset a benchmark command line names (--dataset, --movielens or --videos/--users/--events)."""
+    if args.dataset == "synthetic":
+        gen = GeneratorConfig(users=args.users, videos=args.videos, events=args.events, seed=1)
+        log(f"synthetic log: {gen.users} users, {gen.videos} videos, {gen.events} events")
+        return prepare_synthetic(gen, work, protocols, pipeline)
+    zip_path = args.movielens or DEFAULT_MOVIELENS
+    log(f"MovieLens: {zip_path}")
+    return prepare_movielens(zip_path, work, protocols, pipeline)
+
+
 def training_window(
     events: pa.Table, protocol: str, split: dict[str, Any], features: FeatureSpace
 ) -> tuple[pa.Array, sp.csr_matrix]:
@@ -1104,14 +1117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     started = time.perf_counter()
     try:
-        if args.dataset == "synthetic":
-            gen = GeneratorConfig(users=args.users, videos=args.videos, events=args.events, seed=1)
-            log(f"synthetic log: {gen.users} users, {gen.videos} videos, {gen.events} events")
-            prepared = prepare_synthetic(gen, work, args.protocols, args.pipeline)
-        else:
-            zip_path = args.movielens or DEFAULT_MOVIELENS
-            log(f"MovieLens: {zip_path}")
-            prepared = prepare_movielens(zip_path, work, args.protocols, args.pipeline)
+        prepared = prepare_dataset(args, work, args.protocols, args.pipeline)
         log(f"examples ready for {', '.join(args.protocols)}")
         model_cfg, train_cfg = model_configs(prepared.kind, args.epochs, args.budget)
         model_cfg = with_tower(model_cfg, args.hidden, args.video_input_dim)

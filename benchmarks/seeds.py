@@ -33,19 +33,17 @@ import numpy as np
 from scipy import stats as sps
 
 from benchmarks.quality import (
-    DEFAULT_MOVIELENS,
     METRIC_KEYS,
     Prepared,
     log,
     model_configs,
-    prepare_movielens,
-    prepare_synthetic,
+    prepare_dataset,
     score_chunk,
     score_two_tower,
     tower_widths,
     with_tower,
 )
-from recsys.config import GeneratorConfig, ModelConfig, TrainConfig, with_overrides
+from recsys.config import ModelConfig, TrainConfig, with_overrides
 from recsys.metrics import metrics_from_ranks
 from training.data import ExampleSet, to_batch
 from training.train import train
@@ -226,11 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        if args.dataset == "synthetic":
-            gen = GeneratorConfig(users=args.users, videos=args.videos, events=args.events, seed=1)
-            prepared = prepare_synthetic(gen, work, [args.protocol])
-        else:
-            prepared = prepare_movielens(args.movielens or DEFAULT_MOVIELENS, work, [args.protocol])
+        prepared = prepare_dataset(args, work, [args.protocol])
         model_cfg, base = model_configs(prepared.kind, args.epochs, budget=False)
         model_cfg = with_tower(model_cfg, args.hidden, args.video_input_dim)
         lr = args.learning_rate if args.learning_rate is not None else DEFAULT_LEARNING_RATE[prepared.kind]

@@ -28,16 +28,14 @@ if __package__ in (None, ""):  # run as `python benchmarks/sweep.py`: make the r
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.quality import (
-    DEFAULT_MOVIELENS,
     METRIC_KEYS,
     apply_point,
     log,
     model_configs,
     pipeline_config,
-    prepare_movielens,
-    prepare_synthetic,
+    prepare_dataset,
 )
-from recsys.config import GeneratorConfig, with_overrides
+from recsys.config import with_overrides
 from training.train import train
 
 HEADLINE = "recall@100"
@@ -108,11 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     try:
-        if args.dataset == "synthetic":
-            gen = GeneratorConfig(users=args.users, videos=args.videos, events=args.events, seed=1)
-            prepared = prepare_synthetic(gen, work, ["time_split"], args.pipeline)
-        else:
-            prepared = prepare_movielens(args.movielens or DEFAULT_MOVIELENS, work, ["time_split"], args.pipeline)
+        prepared = prepare_dataset(args, work, ["time_split"], args.pipeline)
         model_cfg, train_cfg = model_configs(prepared.kind, None, budget=False)
         train_cfg = with_overrides(train_cfg, loss=args.loss)
         (work / "runs").mkdir(parents=True, exist_ok=True)
