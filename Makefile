@@ -52,6 +52,8 @@ bench-quality: install
 	$(BIN)/python benchmarks/seeds.py --dataset ml-100k --seeds 1,2,3 --json benchmarks/results/seeds_ml100k.json
 	$(BIN)/python benchmarks/quality.py --dataset synthetic --videos 10000 --users 10000 --events 500000 \
 		--protocols time_split --json benchmarks/results/quality_synthetic.json
+	$(BIN)/python benchmarks/seeds.py --dataset synthetic --seeds 1,2 --variants full,loguniform,topk_random \
+		--json benchmarks/results/seeds_synthetic.json
 	$(BIN)/python benchmarks/sweep.py --dataset ml-100k --loss full \
 		--point '{"hidden": [256], "video_input_dim": 64, "learning_rate": 0.2}' \
 		--point '{"hidden": [1024, 512, 256], "video_input_dim": 64, "learning_rate": 0.2}' \
