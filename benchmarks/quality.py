@@ -88,7 +88,7 @@ from pipelines.pipeline import run_pipeline
 from pipelines.sources import resolve_inputs
 from pipelines.synthetic import generate
 from pipelines.transform import leave_last_out_window_end, to_us
-from recsys.config import GeneratorConfig, ModelConfig, PipelineConfig, TrainConfig, with_overrides
+from recsys.config import GeneratorConfig, ModelConfig, PipelineConfig, TrainConfig, parse_widths, with_overrides
 from recsys.ease import DEFAULT_LAMBDAS, choose_lambda, ease_scorer, fit_ease
 from recsys.features import FeatureSpace
 from recsys.metrics import Scorer, dot_scorer, label_ranks, metrics_from_ranks, popularity_scorer
@@ -234,14 +234,6 @@ def model_configs(kind: str, epochs: int | None, budget: bool) -> tuple[ModelCon
     return model, cfg
 
 
-def tower_widths(text: str) -> list[int]:
-    """The user tower's hidden widths from a comma-separated command-line value ('' means depth 0)."""
-    try:
-        return [int(w) for w in text.split(",") if w.strip()]
-    except ValueError:
-        raise ValueError(f"hidden widths must be comma-separated integers, got {text!r}") from None
-
-
 def with_tower(model_cfg: ModelConfig, hidden: list[int] | None, video_input_dim: int | None) -> ModelConfig:
     """The model config with the command line's tower shape (None keeps the config's value)."""
     return with_overrides(model_cfg, hidden=hidden, video_input_dim=video_input_dim)
@@ -353,6 +345,15 @@ def prepare_synthetic(
         prepared.examples[protocol] = out
         prepared.pipeline[protocol] = _pipeline_meta(cfg, report)
     return prepared
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dataset options of the seed and sweep benchmarks (what prepare_dataset reads)."""
+    parser.add_argument("--dataset", choices=("ml-100k", "synthetic"), default="ml-100k")
+    parser.add_argument("--movielens", type=Path, help="a MovieLens zip (default: ../shared/data/ml-100k.zip)")
+    parser.add_argument("--videos", type=int, default=10_000)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=500_000)
 
 
 def prepare_dataset(
@@ -1096,7 +1097,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--losses must name some of {', '.join(allowed)}")
     if args.hidden is not None:
         try:
-            args.hidden = tower_widths(args.hidden)
+            args.hidden = parse_widths(args.hidden)
         except ValueError as err:
             parser.error(str(err))
     if args.max_examples_per_user is not None and args.max_examples_per_user < 1:

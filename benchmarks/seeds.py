@@ -35,15 +35,15 @@ from scipy import stats as sps
 from benchmarks.quality import (
     METRIC_KEYS,
     Prepared,
+    add_dataset_arguments,
     log,
     model_configs,
     prepare_dataset,
     score_chunk,
     score_two_tower,
-    tower_widths,
     with_tower,
 )
-from recsys.config import ModelConfig, TrainConfig, with_overrides
+from recsys.config import ModelConfig, TrainConfig, parse_widths, with_overrides
 from recsys.metrics import metrics_from_ranks
 from training.data import ExampleSet, to_batch
 from training.train import train
@@ -52,9 +52,6 @@ LOGTAIL = "topk_random+logtail"
 VARIANTS = ("full", "loguniform", "inbatch", "topk_random", LOGTAIL)
 TOPK_VARIANTS = ("topk_random", LOGTAIL)
 DEFAULT_VARIANTS = ("full", "loguniform", "topk_random", LOGTAIL)
-# The learning rate every time-split loss chose in quality.py's grid with its default towers (quality_ml100k.json,
-# quality_synthetic.json).
-DEFAULT_LEARNING_RATE = {"movielens": 0.4, "synthetic": 0.4}
 HEADLINE = "recall@100"
 
 
@@ -187,11 +184,7 @@ def run_seeds(
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command line of the seed-spread benchmark."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=("ml-100k", "synthetic"), default="ml-100k")
-    p.add_argument("--movielens", type=Path, help="a MovieLens zip (default: ../shared/data/ml-100k.zip)")
-    p.add_argument("--videos", type=int, default=10_000)
-    p.add_argument("--users", type=int, default=10_000)
-    p.add_argument("--events", type=int, default=500_000)
+    add_dataset_arguments(p)
     p.add_argument("--epochs", type=int, help="epoch cap (default: quality.py's: 40 ML, 5 synthetic)")
     p.add_argument("--protocol", choices=("time_split", "leave_last_out"), default="time_split")
     p.add_argument("--learning-rate", type=float, help="every variant's (default 0.4, validation's choice)")
@@ -206,7 +199,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.hidden is not None:
         try:
-            args.hidden = tower_widths(args.hidden)
+            args.hidden = parse_widths(args.hidden)
         except ValueError as err:
             p.error(str(err))
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -227,8 +220,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         prepared = prepare_dataset(args, work, [args.protocol])
         model_cfg, base = model_configs(prepared.kind, args.epochs, budget=False)
         model_cfg = with_tower(model_cfg, args.hidden, args.video_input_dim)
-        lr = args.learning_rate if args.learning_rate is not None else DEFAULT_LEARNING_RATE[prepared.kind]
-        base = with_overrides(base, learning_rate=lr)
+        # quality.py's base learning rate (0.4) is the one every time-split loss chose in its grid.
+        base = with_overrides(base, learning_rate=args.learning_rate)
+        lr = base.learning_rate
         log(f"{prepared.name} {args.protocol}: variants {args.variants}, seeds {args.seeds}, learning rate {lr}")
         results = run_seeds(prepared, args.protocol, model_cfg, base, args.variants, args.seeds, work, args.progress)
     finally:

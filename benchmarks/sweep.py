@@ -28,7 +28,9 @@ if __package__ in (None, ""):  # run as `python benchmarks/sweep.py`: make the r
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.quality import (
+    LOSSES,
     METRIC_KEYS,
+    add_dataset_arguments,
     apply_point,
     log,
     model_configs,
@@ -74,12 +76,8 @@ def format_rows(rows: Sequence[dict[str, Any]]) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command line of the sweep."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=("ml-100k", "synthetic"), default="ml-100k")
-    p.add_argument("--movielens", type=Path, help="a MovieLens zip (default: ../shared/data/ml-100k.zip)")
-    p.add_argument("--videos", type=int, default=10_000)
-    p.add_argument("--users", type=int, default=10_000)
-    p.add_argument("--events", type=int, default=500_000)
-    p.add_argument("--loss", choices=("full", "loguniform", "inbatch", "topk_random"), default="full")
+    add_dataset_arguments(p)
+    p.add_argument("--loss", choices=LOSSES, default="full")
     p.add_argument("--point", action="append", required=True, help="JSON object of config overrides (repeatable)")
     p.add_argument("--pipeline", default="{}", help="JSON object of PipelineConfig overrides (every point)")
     p.add_argument("--workdir", type=Path, help="kept and reused (default: a temp dir, removed)")

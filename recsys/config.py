@@ -201,6 +201,14 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         _explicit_file.reset(token)
 
 
+def parse_widths(text: str) -> list[int]:
+    """Hidden-layer widths from a comma-separated command-line value ('' means depth 0)."""
+    try:
+        return [int(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise ValueError(f"hidden widths must be comma-separated integers, got {text!r}") from None
+
+
 def with_overrides(section: _Section, **values: Any) -> Any:
     """Copy of a config section with the given (non-None) values replaced and re-validated."""
     changed = {k: v for k, v in values.items() if v is not None}

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from recsys.cli import settings_from
-from recsys.config import with_overrides
+from recsys.config import parse_widths, with_overrides
 
 
 def register(app: typer.Typer) -> None:
@@ -43,9 +43,9 @@ def train(
 
     settings = settings_from(ctx)
     try:
-        widths = None if hidden is None else [int(w) for w in hidden.split(",") if w.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got {hidden!r}", param_hint="--hidden") from None
+        widths = None if hidden is None else parse_widths(hidden)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--hidden") from None
     model_cfg = with_overrides(
         settings.model, hidden=widths, embedding_dim=embedding_dim, video_input_dim=video_input_dim
     )

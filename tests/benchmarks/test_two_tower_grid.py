@@ -67,12 +67,13 @@ def test_tune_loss_keeps_the_point_with_the_best_validation_recall(tiny_examples
 
 
 def test_tower_widths_parses_depth_zero_and_refuses_junk() -> None:
-    from benchmarks.quality import parse_args, tower_widths, with_tower
+    from benchmarks.quality import parse_args, with_tower
+    from recsys.config import parse_widths
 
-    assert tower_widths("") == []
-    assert tower_widths("512, 256") == [512, 256]
+    assert parse_widths("") == []
+    assert parse_widths("512, 256") == [512, 256]
     with pytest.raises(ValueError, match="comma-separated integers"):
-        tower_widths("256,wide")
+        parse_widths("256,wide")
     with pytest.raises(SystemExit):
         parse_args(["--json", "x.json", "--hidden", "256,wide"])
     cfg = with_tower(ModelConfig(hidden=[256]), [], None)
