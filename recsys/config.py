@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -148,6 +148,78 @@ class TrainConfig(_Section):
         return self
 
 
+ADMIN_TOKEN_ENV = "RECSYS_ADMIN_TOKEN"
+MIN_SECRET_LENGTH = 16
+# Values that people paste from examples; a service must never run with them.
+_DEFAULT_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "admin", "token", "test", "default"})
+
+
+def _env_secret(name: str) -> SecretStr | None:
+    value = os.environ.get(name)
+    return SecretStr(value) if value else None
+
+
+def _check_secret(value: SecretStr | None, what: str) -> SecretStr | None:
+    if value is None:
+        return None
+    text = value.get_secret_value()
+    if text.strip().lower() in _DEFAULT_SECRETS or len(text) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"{what} is a well-known default or shorter than {MIN_SECRET_LENGTH} characters; "
+            'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+        )
+    return value
+
+
+class ServeConfig(_Section):
+    """The candidate service: bundle location, HTTP, Redis history, micro-batching, limits and admin access."""
+
+    bundles: Path | None = Field(None, description="bundles directory (serves BUNDLES/latest) or one bundle")
+    catalog: Path | None = Field(None, description="videos table (video_id, title): titles are added to answers")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes (share the memory-mapped index)")
+    mmap: bool = Field(True, description="memory-map embeddings and the FAISS index so workers share one copy")
+    verify_checksums: bool = Field(True, description="sha256 of every bundle file at load and reload")
+    store: Literal["redis", "memory"] = Field(
+        "redis", description="where watch history lives: redis, or an in-process store (one worker, demos)"
+    )
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None
+    redis_timeout_ms: float = Field(50.0, gt=0, description="socket and command timeout of one Redis call")
+    breaker_failures: int = Field(3, ge=1, description="consecutive Redis failures that open the circuit")
+    breaker_reset_seconds: float = Field(2.0, gt=0, description="how long an open circuit skips Redis")
+    allow_degraded: bool = Field(True, description="ready and answering (degraded) while Redis is unreachable")
+    history_cap: int = Field(50, ge=1, le=10_000, description="watches and search tokens kept per user in Redis")
+    history_ttl_seconds: int = Field(30 * 86_400, ge=1, description="a user's history expires after this idle time")
+    key_prefix: str = Field("recsys", min_length=1, max_length=64)
+    max_batch: int = Field(64, ge=1, le=4096, description="requests micro-batched into one tower call and search")
+    max_wait_us: int = Field(1000, ge=0, le=1_000_000, description="how long a batch waits to fill")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
+    max_items: int = Field(1000, ge=1, description="most history, search, exclusion or event items in one request")
+    max_id_length: int = Field(256, ge=1, description="longest user or video id accepted")
+    max_query_length: int = Field(1000, ge=1, description="longest search query accepted")
+    max_k: int = Field(1000, ge=1, le=10_000)
+    poll_seconds: float = Field(0.0, ge=0, description="check BUNDLES/latest this often and reload (0: never)")
+    admin_token: SecretStr | None = Field(
+        default_factory=lambda: _env_secret(ADMIN_TOKEN_ENV),
+        validate_default=True,
+        description=f"bearer token of /admin/*; also read from ${ADMIN_TOKEN_ENV} (unset: admin disabled)",
+    )
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return _check_secret(value, "the admin token")
+
+    @field_validator("redis_password")
+    @classmethod
+    def _redis_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip().lower() in _DEFAULT_SECRETS:
+            raise ValueError("the Redis password is a well-known default")
+        return value
+
+
 class Settings(BaseSettings):
     """All configuration sections; nested env vars use a double underscore (RECSYS_PIPELINE__MAX_HISTORY=30)."""
 
@@ -157,6 +229,7 @@ class Settings(BaseSettings):
     pipeline: PipelineConfig = PipelineConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -175,3 +175,25 @@ class FeatureSpace:
             categorical={name: vocab(name) for name in CATEGORICAL_FEATURES},
             numeric=NumericStats(age_mean=stats["age"]["mean"], age_std=stats["age"]["std"]),
         )
+
+
+def padded_strings(rows: list[list[str]], limit: int) -> np.ndarray:
+    """The last `limit` items of each row as an object matrix [B, max(1, longest)], "" padding at the end.
+
+    This is the layout of the user tower signature's sequence inputs (oldest first, "" = padding), so that
+    serving and every other caller of the exported tower build them one way.
+    """
+    kept = [row[-limit:] if limit > 0 else [] for row in rows]
+    width = max(1, max((len(row) for row in kept), default=0))
+    out = np.full((len(kept), width), "", dtype=object)
+    for i, row in enumerate(kept):  # one slice assignment per request; no loop over a request's items
+        out[i, : len(row)] = row
+    return out
+
+
+def query_tokens(queries: list[str]) -> list[str]:
+    """The tokens of several search queries in order, as `tokenize` makes them for the pipeline."""
+    if not queries:
+        return []
+    tokens: list[str] = tokenize(pa.array(queries, pa.string())).flatten().to_pylist()
+    return tokens

@@ -194,12 +194,17 @@ def _to_cpu(index: Any, device: str) -> Any:
     return faiss.index_gpu_to_cpu(index) if device == "gpu" else index
 
 
-def read_index(path: Path) -> Any:
-    """Read a FAISS index file, turning a missing, truncated or corrupt file into IndexFileError."""
+def read_index(path: Path, mmap: bool = False) -> Any:
+    """Read a FAISS index file, turning a missing, truncated or corrupt file into IndexFileError.
+
+    ``mmap`` maps flat codes and inverted lists read-only from the file (IO_FLAG_MMAP_IFC): processes that read
+    the same file share one copy in the page cache instead of each holding the vectors in private memory.
+    """
     if not path.is_file():
         raise IndexFileError(f"{path}: index file not found")
+    flags = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP) if mmap else 0
     try:
-        return faiss.read_index(str(path))
+        return faiss.read_index(str(path), flags)
     except (RuntimeError, MemoryError) as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise IndexFileError(f"{path}: unreadable FAISS index (truncated or corrupt): {first}") from exc
@@ -346,9 +351,10 @@ class VideoIndex:
         *,
         video_ids: np.ndarray | None = None,
         params: dict[str, int] | None = None,
+        mmap: bool = False,
     ) -> VideoIndex:
         """Read a saved index (IndexFileError if unreadable) and move it to the GPU when there is one."""
-        cpu_index = read_index(path)
+        cpu_index = read_index(path, mmap=mmap)
         ivf = faiss.try_extract_index_ivf(cpu_index)
         nlist = None if ivf is None else int(ivf.nlist)
         index, device = _to_device(cpu_index)

@@ -1,0 +1,72 @@
+"""`recsys serve`: run the candidate service under uvicorn (one or several worker processes)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from recsys.cli import settings_from
+from recsys.config import CONFIG_ENV, with_overrides
+
+
+def register(app: typer.Typer) -> None:
+    """Add `recsys serve` to the root CLI."""
+    app.command("serve")(serve)
+
+
+def serve(
+    ctx: typer.Context,
+    bundles: Annotated[Path | None, typer.Option(help="bundles directory (serves its latest) or one bundle")] = None,
+    host: Annotated[str | None, typer.Option(help="interface to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port")] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes sharing the memory-mapped bundle")] = None,
+    store: Annotated[str | None, typer.Option(help="history store: redis | memory")] = None,
+    catalog: Annotated[Path | None, typer.Option(help="videos table (video_id, title) for titles in answers")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve candidates over HTTP: POST /v1/candidates, /v1/events, GET /v1/videos/{id}/similar, /metrics."""
+    import uvicorn
+
+    from recsys.bundle import resolve_bundle
+
+    settings = settings_from(ctx)
+    cfg = with_overrides(
+        settings.serve, bundles=bundles, host=host, port=port, workers=workers, store=store, catalog=catalog
+    )
+    if cfg.bundles is None:
+        raise typer.BadParameter(
+            "no bundles directory: pass --bundles or set RECSYS_SERVE__BUNDLES", param_hint="--bundles"
+        )
+    if cfg.poll_seconds <= 0:
+        resolve_bundle(cfg.bundles)  # fail now, in one line, rather than in every worker's start-up
+    if cfg.store == "memory" and cfg.workers > 1:
+        raise typer.BadParameter("the in-process history store needs --workers 1 (use redis)", param_hint="--store")
+    # Workers import the app factory and read their settings from the environment: pass the command line on.
+    env = {
+        "RECSYS_SERVE__BUNDLES": str(Path(cfg.bundles).resolve()),
+        "RECSYS_SERVE__HOST": cfg.host,
+        "RECSYS_SERVE__PORT": str(cfg.port),
+        "RECSYS_SERVE__WORKERS": str(cfg.workers),
+        "RECSYS_SERVE__STORE": cfg.store,
+    }
+    if cfg.catalog is not None:
+        env["RECSYS_SERVE__CATALOG"] = str(Path(cfg.catalog).resolve())
+    root_config = (ctx.find_root().obj or {}).get("config")
+    if root_config is not None:
+        env[CONFIG_ENV] = str(Path(root_config).resolve())
+    if cfg.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recsys-metrics-")
+    os.environ.update(env)
+    uvicorn.run(
+        "serving.app:app_from_env",
+        factory=True,
+        host=cfg.host,
+        port=cfg.port,
+        workers=cfg.workers,
+        log_level=log_level,
+        access_log=False,
+    )
