@@ -4,16 +4,30 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= out/demo
 STAMP := $(VENV)/.installed
+# requirements.lock: exact versions (Linux x86_64, CPython 3.11) of every extra but gpu; `make lock` regenerates it.
+LOCK := requirements.lock
+LOCK_EXTRAS := cpu spark train serve bench dev
+UV_VERSION ?= 0.13.9
 
-.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-quality-history bench-softmax clean
+.PHONY: install lock demo test test-fast lint format bench-pipeline bench-quality bench-quality-history bench-softmax clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[spark,train,serve,bench,dev]"
+	$(BIN)/python -m pip install -q -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve the lock after a change to pyproject.toml's dependencies. Versions already in the lock are kept where
+# they still fit; `make lock UPGRADE=1` moves everything to the newest allowed versions.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "uv==$(UV_VERSION)"
+	$(BIN)/uv pip compile pyproject.toml $(addprefix --extra ,$(LOCK_EXTRAS)) --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) \
+		-q -o $(LOCK)
 
 demo: install
 	rm -rf $(DEMO_DIR)

@@ -27,6 +27,32 @@ def _usage_errors() -> tuple[type[Exception], ...]:
 
 USAGE_ERRORS = _usage_errors()
 
+# Which extra provides a third-party module, for a one-line hint instead of a traceback when it is missing.
+EXTRAS = {
+    "tensorflow": "train",
+    "keras": "train",
+    "matplotlib": "train",
+    "faiss": "cpu",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "redis": "serve",
+    "prometheus_client": "serve",
+    "pyspark": "spark",
+    "pandas": "spark",
+    "implicit": "bench",
+}
+
+
+def missing_extra_hint(exc: ModuleNotFoundError) -> str | None:
+    """'pip install ...' advice for a module that one of the package's extras provides (None for others)."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    extras = "cpu" if extra == "cpu" else f"{extra},cpu"  # every command that imports TF also searches FAISS
+    return f"this command needs {top}, which is not installed: pip install 'recsys-two-tower[{extras}]' (or [gpu])"
+
+
 app = typer.Typer(
     name="recsys",
     help="YouTube-style two-tower candidate generator: data, examples, training, index, serving.",
@@ -67,6 +93,12 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, standalone_mode=False)
     except (RecsysError, ValidationError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        hint = missing_extra_hint(exc)
+        if hint is None:
+            raise
+        typer.secho(f"error: {hint}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

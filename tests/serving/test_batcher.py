@@ -1,0 +1,60 @@
+"""The micro-batcher gathers concurrent submissions into one call, keeps order, and spreads a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from serving.batcher import MicroBatcher
+
+
+def test_concurrent_submissions_share_one_call_and_keep_their_results() -> None:
+    calls: list[list[int]] = []
+    threads: set[str] = set()
+
+    def double(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        threads.add(threading.current_thread().name)
+        return [2 * i for i in items]
+
+    async def main() -> list[int]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(double, max_batch=8, max_wait_us=50_000)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(i) for i in range(20)))
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(main())
+    assert results == [2 * i for i in range(20)]
+    assert all(len(c) <= 8 for c in calls)
+    assert len(calls) < 20, f"no batching happened: {calls}"
+    assert threading.main_thread().name not in threads, "the batch function must run off the event loop"
+
+
+def test_a_failing_batch_fails_each_caller_and_the_batcher_goes_on() -> None:
+    def picky(items: list[int]) -> list[int]:
+        if 13 in items:
+            raise ValueError("unlucky")
+        return items
+
+    async def main() -> tuple[BaseException | int, int]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(picky, max_batch=1, max_wait_us=0)
+        batcher.start()
+        try:
+            bad = (await asyncio.gather(batcher.submit(13), return_exceptions=True))[0]
+            good = await batcher.submit(7)
+            return bad, good
+        finally:
+            await batcher.stop()
+
+    bad, good = asyncio.run(main())
+    assert isinstance(bad, ValueError) and good == 7
+
+
+def test_submit_before_start_is_an_error() -> None:
+    batcher: MicroBatcher[int, int] = MicroBatcher(lambda x: x)
+    with pytest.raises(RuntimeError, match="start"):
+        asyncio.run(batcher.submit(1))
