@@ -29,18 +29,10 @@ lock:
 		--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) \
 		-q -o $(LOCK)
 
+# The whole pipeline ending in a running service (Ctrl-C stops it); `recsys demo --help` lists the sizes.
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(BIN)/recsys generate --out $(DEMO_DIR)/data --users 5000 --videos 20000 --events 400000
-	$(BIN)/recsys pipeline --events $(DEMO_DIR)/data --out $(DEMO_DIR)/examples
-	# All 5 epochs run (best kept): the first epochs sit on the popularity plateau, where the default patience of 2
-	# can stop a run that is about to take off (it did, on a run whose epoch 3 tied epoch 1).
-	RECSYS_TRAIN__PATIENCE=5 $(BIN)/recsys train --examples $(DEMO_DIR)/examples --out $(DEMO_DIR)/run --loss topk_random \
-		--epochs 5 --hidden 256 --embedding-dim 64 --batch-size 512 --learning-rate 0.5
-	$(BIN)/recsys evaluate --run $(DEMO_DIR)/run --split test
-	$(BIN)/recsys export --run $(DEMO_DIR)/run --out $(DEMO_DIR)/bundles --index-spec auto
-	@echo "demo: examples in $(DEMO_DIR)/examples; report.json and curves.png in $(DEMO_DIR)/run;"
-	@echo "      bundle with SavedModel, embeddings and FAISS index in $(DEMO_DIR)/bundles/latest"
+	$(BIN)/recsys demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q

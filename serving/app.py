@@ -198,16 +198,22 @@ def _engine(request: Request) -> Engine:
 
 
 # ---------------------------------------------------------------------------------------------- guards
-def _check_strings(values: list[str], what: str, max_items: int, max_length: int) -> None:
+def _invalid(loc: tuple[str, ...], msg: str, kind: str) -> RequestValidationError:
+    """A 422 in the documented shape (HTTPValidationError: a list of {loc, msg, type}), as pydantic's own."""
+    return RequestValidationError([{"loc": loc, "msg": msg, "type": kind}])
+
+
+def _check_strings(values: list[str], what: str, max_items: int, max_length: int, where: str = "body") -> None:
     """Refuse too many items, too long items and strings that are not valid Unicode text (lone surrogates)."""
+    loc = (where, *what.split("."))
     if len(values) > max_items:
-        raise HTTPException(422, f"{what}: {len(values)} items, at most {max_items} allowed")
+        raise _invalid(loc, f"{len(values)} items, at most {max_items} allowed", "too_long")
     if values and max(map(len, values)) > max_length:
-        raise HTTPException(422, f"{what}: an item is longer than {max_length} characters")
+        raise _invalid(loc, f"an item is longer than {max_length} characters", "string_too_long")
     try:
         "\n".join(values).encode("utf-8")
     except UnicodeEncodeError:
-        raise HTTPException(422, f"{what}: not valid UTF-8 text (lone surrogate)") from None
+        raise _invalid(loc, "not valid UTF-8 text (lone surrogate)", "string_unicode") from None
 
 
 class BodyLimit:
@@ -329,7 +335,7 @@ async def candidates(body: CandidatesRequest, request: Request) -> Response:
     ctx = body.context
     _check_strings([ctx.country or "", ctx.device or "", ctx.gender or ""], "context", 3, 64)
     if body.k > cfg.max_k:
-        raise HTTPException(422, f"k: at most {cfg.max_k}")
+        raise _invalid(("body", "k"), f"at most {cfg.max_k}", "less_than_equal")
     stored, degraded = await service.history(body.user_id)
     history = stored.watches + body.history
     tokens = stored.tokens + query_tokens(body.searches)
@@ -380,14 +386,19 @@ async def similar(
     "/events",
     status_code=202,
     response_model=EventsResponse,
-    responses={503: {"description": "history store unavailable; nothing was stored"}},
+    responses={
+        400: {"description": "body is not JSON"},
+        413: {"description": "body too large"},
+        503: {"description": "history store unavailable; nothing was stored"},
+    },
 )
 async def events(body: EventsRequest, request: Request) -> EventsResponse:
     """Record watches and searches into each user's capped history (one store round trip per request)."""
     service = _service(request)
     cfg = service.config
     if len(body.events) > cfg.max_items or len(body.searches) > cfg.max_items:
-        raise HTTPException(422, f"at most {cfg.max_items} events and {cfg.max_items} searches per request")
+        limit = f"at most {cfg.max_items} events and {cfg.max_items} searches per request"
+        raise _invalid(("body",), limit, "too_long")
     _check_strings([e.user_id for e in body.events], "events.user_id", cfg.max_items, cfg.max_id_length)
     _check_strings([e.video_id for e in body.events], "events.video_id", cfg.max_items, cfg.max_id_length)
     _check_strings([s.user_id for s in body.searches], "searches.user_id", cfg.max_items, cfg.max_id_length)
@@ -418,12 +429,12 @@ async def events(body: EventsRequest, request: Request) -> EventsResponse:
     return EventsResponse(stored_events=len(body.events), stored_searches=len(body.searches), users=len(writes))
 
 
-@api.get("/users/{user_id}/history", response_model=UserHistoryResponse)
+@api.get("/users/{user_id:path}/history", response_model=UserHistoryResponse)
 async def user_history(user_id: str, request: Request) -> UserHistoryResponse:
     """A user's stored watches (with titles when a catalog is loaded) and search tokens, oldest first."""
     service = _service(request)
     engine = _engine(request)
-    _check_strings([user_id], "user_id", 1, service.config.max_id_length)
+    _check_strings([user_id], "user_id", 1, service.config.max_id_length, where="path")
     stored, degraded = await service.history(user_id)
     rows = engine.lookup(stored.watches)
     titles = engine.titles[rows] if engine.titles is not None else [None] * len(rows)

@@ -16,6 +16,7 @@ def register(app: typer.Typer) -> None:
     """Add the training commands to the root CLI."""
     app.command("train")(train)
     app.command("evaluate")(evaluate)
+    app.command("demo")(demo)
 
 
 def train(
@@ -79,3 +80,33 @@ def evaluate(
     from training.evaluate import evaluate_run
 
     typer.echo(json.dumps(evaluate_run(run, split, exclude_history), indent=2))
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="where everything goes (must not exist or be empty)")] = Path("out/demo"),
+    movielens: Annotated[Path | None, typer.Option(help="a MovieLens zip instead of the synthetic log")] = None,
+    users: Annotated[int, typer.Option(help="synthetic users")] = 4000,
+    videos: Annotated[int, typer.Option(help="synthetic videos")] = 8000,
+    events: Annotated[int, typer.Option(help="synthetic watches")] = 320_000,
+    epochs: Annotated[int, typer.Option(help="training epochs (the best is kept)")] = 6,
+    port: Annotated[int, typer.Option(help="port of the service")] = 8000,
+    host: Annotated[str, typer.Option(help="interface of the service")] = "127.0.0.1",
+    serve_seconds: Annotated[
+        float | None, typer.Option(help="stop the service after this long (default: run until Ctrl-C; 0: at once)")
+    ] = None,
+) -> None:
+    """Data -> examples -> top-K-plus-random training -> bundle + index -> Redis + service answering, in one go."""
+    from training.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(
+        out=out,
+        movielens=movielens,
+        users=users,
+        videos=videos,
+        events=events,
+        epochs=epochs,
+        port=port,
+        host=host,
+        serve_seconds=serve_seconds,
+    )
+    run_demo(cfg, echo=typer.echo)
