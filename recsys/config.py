@@ -199,7 +199,7 @@ class ServeConfig(_Section):
     max_items: int = Field(1000, ge=1, description="most history, search, exclusion or event items in one request")
     max_id_length: int = Field(256, ge=1, description="longest user or video id accepted")
     max_query_length: int = Field(1000, ge=1, description="longest search query accepted")
-    max_k: int = Field(1000, ge=1, le=10_000)
+    max_k: int = Field(1000, ge=1, le=1000, description="largest k a request may ask for (the API's own cap is 1000)")
     poll_seconds: float = Field(0.0, ge=0, description="check BUNDLES/latest this often and reload (0: never)")
     admin_token: SecretStr | None = Field(
         default_factory=lambda: _env_secret(ADMIN_TOKEN_ENV),

@@ -149,7 +149,7 @@ class RedisStore:
         if not self.breaker.allow():
             raise StoreUnavailable("history store circuit is open")
         try:
-            # Twice the socket timeout covers connect + command; wait_for also catches a hung event.
+            # Four socket timeouts cover connect + command + a reconnect; wait_for also bounds a hung call.
             result = await asyncio.wait_for(call(), timeout=self.timeout * 4)
         except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
             self.breaker.failure()

@@ -38,7 +38,7 @@ __all__ = ["DemoConfig", "run_demo"]
 
 @dataclass
 class DemoConfig:
-    """Sizes and knobs of the demo; the defaults finish in a few minutes on 2 cores."""
+    """Sizes and knobs of the demo (the defaults are sized for about 10 minutes on an idle 2-core machine)."""
 
     out: Path
     movielens: Path | None = None
