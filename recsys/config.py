@@ -186,7 +186,7 @@ class ServeConfig(_Section):
     )
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretStr | None = None
-    redis_timeout_ms: float = Field(50.0, gt=0, description="socket and command timeout of one Redis call")
+    redis_timeout_ms: float = Field(100.0, gt=0, description="socket and command timeout of one Redis call")
     breaker_failures: int = Field(3, ge=1, description="consecutive Redis failures that open the circuit")
     breaker_reset_seconds: float = Field(2.0, gt=0, description="how long an open circuit skips Redis")
     allow_degraded: bool = Field(True, description="ready and answering (degraded) while Redis is unreachable")
@@ -200,6 +200,8 @@ class ServeConfig(_Section):
     max_id_length: int = Field(256, ge=1, description="longest user or video id accepted")
     max_query_length: int = Field(1000, ge=1, description="longest search query accepted")
     max_k: int = Field(1000, ge=1, le=1000, description="largest k a request may ask for (the API's own cap is 1000)")
+    tf_intra_op_threads: int = Field(0, ge=0, le=256, description="TensorFlow threads per op (0: its default)")
+    tf_inter_op_threads: int = Field(0, ge=0, le=256, description="TensorFlow ops run at once (0: its default)")
     poll_seconds: float = Field(0.0, ge=0, description="check BUNDLES/latest this often and reload (0: never)")
     admin_token: SecretStr | None = Field(
         default_factory=lambda: _env_secret(ADMIN_TOKEN_ENV),

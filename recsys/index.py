@@ -438,7 +438,34 @@ class VideoIndex:
         negatives). The OOV row 0 is never returned. Padding scores are -inf.
         """
         u = self._check_queries(user_vectors)
-        return self._search(augment_queries(u, 1.0), k, exclude)
+        queries = augment_queries(u, 1.0)
+        ids, scores = self._search(queries, k, exclude)
+        return self._refill(queries, k, exclude, ids, scores)
+
+    def _refill(
+        self, queries: np.ndarray, k: int, exclude: Exclusions, ids: np.ndarray, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Re-search rows that came back short with 4x the probes until they are full or every list is probed.
+
+        The probed IVF lists can hold fewer than k + exclusions vectors (a user vector near a sparse region of
+        the catalogue); an answer with fewer than k videos while the catalogue has more is a miss, not a result.
+        """
+        if self.nlist is None or self.device == "gpu":
+            return ids, scores
+        excl = _exclusion_matrix(exclude, len(queries))
+        excluded = np.zeros(len(queries), np.int64) if excl is None else (excl > OOV_INDEX).sum(axis=1)
+        short = (ids[:, -1] < 0) & (self.ntotal - excluded >= k)
+        nprobe = int(self.params.get("nprobe", 1))
+        direct = isinstance(faiss.downcast_index(self.index), faiss.IndexIVF)  # per-call params reach it as is
+        while short.any() and nprobe < self.nlist and direct:
+            nprobe = min(self.nlist, nprobe * 4)
+            rows = np.flatnonzero(short)
+            sub = None if excl is None else excl[rows]
+            params = faiss.SearchParametersIVF()
+            params.nprobe = nprobe
+            ids[rows], scores[rows] = self._search(queries[rows], k, sub, params=params)
+            short[rows] = ids[rows, -1] < 0
+        return ids, scores
 
     def similar(self, video_indices: int | Sequence[int] | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Nearest videos to each given video by embedding inner product V_i·V_j (bias ignored), itself excluded.
@@ -471,7 +498,9 @@ class VideoIndex:
             raise ValueError("user vectors hold NaN or Inf")
         return u
 
-    def _search(self, queries: np.ndarray, k: int, exclude: Exclusions) -> tuple[np.ndarray, np.ndarray]:
+    def _search(
+        self, queries: np.ndarray, k: int, exclude: Exclusions, params: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Search augmented queries, over-fetching by the largest exclusion count, mask, re-score, re-pad."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -480,7 +509,10 @@ class VideoIndex:
         extra = 0 if excl is None else int((excl > OOV_INDEX).sum(axis=1).max(initial=0))
         fetch = max(1, min(self.ntotal, (k + extra) * self.params["rerank"]))
         faiss.omp_set_num_threads(self.threads if batch >= PARALLEL_MIN_BATCH else 1)
-        scores, ids = self.index.search(np.ascontiguousarray(queries), fetch)
+        if params is None:
+            scores, ids = self.index.search(np.ascontiguousarray(queries), fetch)
+        else:
+            scores, ids = self.index.search(np.ascontiguousarray(queries), fetch, params=params)
         ids = ids.astype(np.int64, copy=False)
         valid = ids > OOV_INDEX
         if not self.exact:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import os
@@ -29,7 +30,7 @@ from recsys.config import ServeConfig, load_settings
 from recsys.errors import RecsysError
 from recsys.features import query_tokens, tokenize
 from serving import metrics
-from serving.batcher import MicroBatcher
+from serving.batcher import Arrival, MicroBatcher
 from serving.encode import candidates_json, dumps
 from serving.engine import Context, Engine, Result
 from serving.engine import Query as EngineQuery
@@ -85,6 +86,7 @@ class Service:
 
     async def start(self) -> None:
         """Start batching, load the bundle (fatal unless polling will retry), start polling."""
+        _configure_tensorflow(self.config)
         self.batcher.start()
         try:
             await self.reload()
@@ -132,6 +134,12 @@ class Service:
                 metrics.RELOADS.labels("refused").inc()
                 raise
             self.engine = engine  # the swap: batches that already started finish on the previous engine
+            # TensorFlow, the web stack and the bundle leave ~400k long-lived objects; a full collection walks them
+            # all with the GIL held (0.3-0.4 s at 1M videos), every few seconds under load. Collect once now and
+            # move the survivors out of the collector's sight (unfrozen first so a replaced engine can be freed).
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
             self.load_error = None
             if previous is not None:
                 metrics.MODEL_INFO.labels(previous).set(0)
@@ -164,6 +172,21 @@ class Service:
             return EMPTY, True
         metrics.STORE_UP.set(1)
         return found, False
+
+
+def _configure_tensorflow(config: ServeConfig) -> None:
+    """Thread pools of the tower's runtime (before its first op; several workers on few cores want small pools)."""
+    if not (config.tf_intra_op_threads or config.tf_inter_op_threads):
+        return
+    import tensorflow as tf
+
+    try:
+        if config.tf_intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(config.tf_intra_op_threads)
+        if config.tf_inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(config.tf_inter_op_threads)
+    except RuntimeError as exc:  # TensorFlow already ran an op in this process
+        log.warning("TensorFlow thread settings not applied: %s", exc)
 
 
 def make_store(config: ServeConfig) -> HistoryStore:
@@ -336,7 +359,13 @@ async def candidates(body: CandidatesRequest, request: Request) -> Response:
     _check_strings([ctx.country or "", ctx.device or "", ctx.gender or ""], "context", 3, 64)
     if body.k > cfg.max_k:
         raise _invalid(("body", "k"), f"at most {cfg.max_k}", "less_than_equal")
+    with service.batcher.arriving() as arrival:
+        return await _candidates(service, body, arrival)
+
+
+async def _candidates(service: Service, body: CandidatesRequest, arrival: Arrival[EngineQuery, Result]) -> Response:
     stored, degraded = await service.history(body.user_id)
+    ctx = body.context
     history = stored.watches + body.history
     tokens = stored.tokens + query_tokens(body.searches)
     query = EngineQuery(
@@ -354,7 +383,7 @@ async def candidates(body: CandidatesRequest, request: Request) -> Response:
         # The store failed and the request brings nothing of its own: popularity, not a context-only guess.
         popularity_only=degraded and not body.history and not body.searches,
     )
-    result = await service.batcher.submit(query)
+    result = await arrival.submit(query)
     if degraded:
         metrics.DEGRADED.labels("store_unavailable").inc()
     if result.unknown_history:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
@@ -41,6 +41,21 @@ class MicroBatcher(Generic[In, Out]):
         self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+        self._arriving = 0  # requests being prepared (e.g. reading Redis) that have not submitted yet
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[Arrival[In, Out]]:
+        """Announce a request that will submit shortly: a filling batch waits for it (up to max_wait), and for
+        nobody else. With nobody on the way a lone request goes at once instead of paying max_wait for company
+        that is not coming, so light load gets batch-1 latency and heavy load still gets full batches.
+        """
+        arrival = Arrival(self)
+        self._arriving += 1
+        try:
+            yield arrival
+        finally:
+            if not arrival.submitted:
+                self._arriving -= 1
 
     def start(self) -> None:
         """Start the collector task on the running loop."""
@@ -64,8 +79,12 @@ class MicroBatcher(Generic[In, Out]):
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not called")
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        self._queue.put_nowait((item, future))
         return await future
+
+    def _expecting(self) -> bool:
+        """Whether announced requests are still on their way to the queue."""
+        return self._arriving > 0
 
     async def run(self, fn: Callable[[], Out]) -> Out:
         """Run a one-off function on the batch thread (serialised with batches: FAISS and TF stay single-user)."""
@@ -82,7 +101,7 @@ class MicroBatcher(Generic[In, Out]):
                     batch.append(self._queue.get_nowait())
                     continue
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or not self._expecting():
                     break
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))
@@ -104,3 +123,19 @@ class MicroBatcher(Generic[In, Out]):
             for (_, fut), result in zip(live, results, strict=True):
                 if not fut.done():
                     fut.set_result(result)
+
+
+class Arrival(Generic[In, Out]):
+    """One announced request; submitting it ends the announcement."""
+
+    def __init__(self, batcher: MicroBatcher[In, Out]) -> None:
+        """Made by MicroBatcher.arriving."""
+        self.batcher = batcher
+        self.submitted = False
+
+    async def submit(self, item: In) -> Out:
+        """Queue the item (no longer 'on its way') and wait for its result."""
+        if not self.submitted:
+            self.submitted = True
+            self.batcher._arriving -= 1
+        return await self.batcher.submit(item)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ class CircuitBreaker:
         self._consecutive = 0
         self._opened_at: float | None = None
         self._probing = False
+        self._last_failure = -math.inf
 
     @property
     def state(self) -> str:
@@ -97,8 +99,16 @@ class CircuitBreaker:
             log.warning("history store reachable again: circuit closed")
         self._consecutive, self._opened_at, self._probing = 0, None, False
 
-    def failure(self) -> None:
-        """A call failed: count it, and (re)open the circuit at the threshold or after a failed probe."""
+    def failure(self, started: float | None = None) -> None:
+        """A call failed: count it, and (re)open the circuit at the threshold or after a failed probe.
+
+        ``started`` (time.monotonic() when the call began) lets one stall count once: calls that were already
+        in flight when the last failure was seen fail together (a pause, a slow reply), and are one event,
+        not several consecutive ones.
+        """
+        if started is not None and started <= self._last_failure and not self._probing:
+            return
+        self._last_failure = time.monotonic()
         self._consecutive += 1
         if self._probing or self._consecutive >= self.failures:
             if self._opened_at is None:
@@ -148,11 +158,12 @@ class RedisStore:
 
         if not self.breaker.allow():
             raise StoreUnavailable("history store circuit is open")
+        started = time.monotonic()
         try:
             # Four socket timeouts cover connect + command + a reconnect; wait_for also bounds a hung call.
             result = await asyncio.wait_for(call(), timeout=self.timeout * 4)
         except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
-            self.breaker.failure()
+            self.breaker.failure(started)
             raise StoreUnavailable(f"history store error: {type(exc).__name__}: {exc}") from exc
         self.breaker.success()
         return result

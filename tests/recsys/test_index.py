@@ -227,3 +227,20 @@ def test_bias_is_folded_in_as_an_extra_coordinate():
     index = VideoIndex.build(emb, bias, "Flat")
     ids, scores = index.search(np.array([[0, 1, 0]], np.float32), 2)
     assert ids.tolist() == [[2, 1]] and scores.tolist() == [[5.0, 1.0]]
+
+
+def test_short_answers_are_refilled_with_more_probes() -> None:
+    """A query whose nearest IVF lists hold fewer than k vectors still gets k results (more lists probed)."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(64, 16)).astype(np.float32) * 4
+    embeddings = (centres[rng.integers(0, 64, 4000)] + rng.normal(size=(4000, 16))).astype(np.float32)
+    index = VideoIndex.build(embeddings, None, "IVF64,Flat")
+    index.set_params(nprobe=1)
+    queries = rng.normal(size=(32, 16)).astype(np.float32)
+    raw, _ = index._search(augment_queries(queries), 300, None)
+    assert (raw[:, -1] < 0).any(), "the test needs lists smaller than k at nprobe 1"
+    ids, scores = index.search(queries, 300)
+    assert (ids >= 0).all() and np.isfinite(scores).all()
+    assert index.params["nprobe"] == 1, "the refill must not change the index's own setting"
+    for row in ids:
+        assert len(set(row.tolist())) == 300

@@ -58,3 +58,36 @@ def test_submit_before_start_is_an_error() -> None:
     batcher: MicroBatcher[int, int] = MicroBatcher(lambda x: x)
     with pytest.raises(RuntimeError, match="start"):
         asyncio.run(batcher.submit(1))
+
+
+def test_a_lone_request_does_not_wait_and_announced_ones_are_waited_for() -> None:
+    calls: list[list[int]] = []
+
+    def record(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        return items
+
+    async def main() -> tuple[float, list[int]]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(record, max_batch=8, max_wait_us=500_000)
+        batcher.start()
+        try:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            with batcher.arriving() as arrival:
+                await arrival.submit(1)
+            lone = loop.time() - t0
+
+            async def late(item: int, delay: float) -> int:
+                with batcher.arriving() as arrival:
+                    await asyncio.sleep(delay)  # e.g. reading the history store
+                    return await arrival.submit(item)
+
+            together = await asyncio.gather(late(2, 0.0), late(3, 0.05))
+            return lone, together
+        finally:
+            await batcher.stop()
+
+    lone, together = asyncio.run(main())
+    assert lone < 0.25, f"a lone request waited {lone:.3f}s for company that was not coming"
+    assert together == [2, 3]
+    assert calls[-1] == [2, 3], f"the announced late request should join the batch: {calls}"

@@ -80,3 +80,14 @@ def test_redis_store_caps_expires_and_fails_fast_when_down(redis_server: RedisSe
         return time.perf_counter() - t0
 
     assert asyncio.run(down()) < 0.01, "an open circuit must answer without touching the network"
+
+
+def test_one_stall_counts_as_one_failure() -> None:
+    """Calls that were in flight together and failed together (a pause) do not open the circuit on their own."""
+    breaker = CircuitBreaker(failures=2, reset_seconds=60)
+    started = time.monotonic()
+    for _ in range(5):  # five reads that began before the first failure was seen
+        breaker.failure(started)
+    assert breaker.state == "closed"
+    breaker.failure(time.monotonic())  # a later call fails too: a second, separate failure
+    assert breaker.state == "open"
