@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,19 +14,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving.models import CandidatesResponse, SimilarResponse
-from tests.serving.conftest import Api, RedisServer, Trained, free_port, start_api, stop_api
+from tests.serving.conftest import Api, RedisServer, Trained, running_redis, start_api, stop_api
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def redis_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(free_port(), secrets.token_hex(16), tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

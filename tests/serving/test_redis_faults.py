@@ -7,8 +7,6 @@ known only by id, the tower for a request that brings its own history), stays re
 
 from __future__ import annotations
 
-import secrets
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from recsys.bundle import resolve_bundle
-from tests.serving.conftest import Api, RedisServer, Trained, free_port, start_api, stop_api
+from tests.serving.conftest import Api, RedisServer, Trained, running_redis, start_api, stop_api
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +31,8 @@ ENV = {"RECSYS_SERVE__REDIS_TIMEOUT_MS": "50", "RECSYS_SERVE__BREAKER_RESET_SECO
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server for the module (the tests stop and restart it; each leaves it running)."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(free_port(), secrets.token_hex(16), tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    if server.process is not None:
-        server.process.send_signal(signal.SIGCONT)
-    server.stop()
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
