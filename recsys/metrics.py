@@ -6,7 +6,9 @@ Recall@K is then P(rank < K), NDCG@K = 1/log2(rank + 2) when rank < K, and MAP =
 (with a single relevant item, average precision is the reciprocal rank).
 
 Video index 0 is the out-of-vocabulary bucket: it is never retrievable, and an example whose label is OOV (a video
-first seen after the training window) is a miss for every method.
+first seen after the training window) is a miss for every method. So is a label whose score is not a number (a
+broken model must not look perfect), and, when history is excluded, a label the user had already watched: the
+service hides every watched video, so a re-watch is never among its answers.
 """
 
 from __future__ import annotations
@@ -27,24 +29,29 @@ def label_ranks(
     exclude: np.ndarray | None = None,
     chunk: int = 1024,
 ) -> np.ndarray:
-    """Tie-averaged 0-based rank of each example's label among all videos (excluded videos never outrank)."""
+    """Tie-averaged 0-based rank of each example's label among all videos (excluded videos never outrank).
+
+    ``exclude`` [examples, E] (-1 padding) hides videos as the service does; an excluded label is a miss (inf).
+    """
     n_examples = len(labels)
     ranks = np.empty(n_examples, dtype=np.float64)
     for start in range(0, n_examples, chunk):
         rows = np.arange(start, min(start + chunk, n_examples))
         scores = np.asarray(scores_for(rows), dtype=np.float64)
         y = labels[rows]
+        hidden_label = np.zeros(len(rows), dtype=bool)
         if exclude is not None:
             ids = exclude[rows]
             r, c = np.nonzero(ids >= 0)
             hide = ids[r, c]
-            keep = hide != y[r]  # the label itself is never hidden
-            scores[r[keep], hide[keep]] = -np.inf
+            hidden_label[r[hide == y[r]]] = True
+            scores[r, hide] = -np.inf
         scores[:, OOV_INDEX] = -np.inf
         target = scores[np.arange(len(rows)), y][:, None]
         greater = (scores > target).sum(axis=1)
         equal = (scores == target).sum(axis=1) - 1
-        ranks[rows] = np.where(y == OOV_INDEX, np.inf, greater + 0.5 * equal)
+        miss = (y == OOV_INDEX) | hidden_label | np.isnan(target[:, 0])
+        ranks[rows] = np.where(miss, np.inf, greater + 0.5 * equal)
     return ranks
 
 
