@@ -281,12 +281,7 @@ def redis_server(directory: Path) -> Iterator[tuple[str, str, int]]:
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0", password, process.pid
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop(process, grace=10)
 
 
 def request(port: int, method: str, path: str, body: Any = None, timeout: float = 60.0) -> tuple[int, bytes]:
@@ -348,12 +343,17 @@ def serve(
             time.sleep(30)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop(process, grace=20)
+
+
+def stop(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds (redis-server and recsys serve shut down cleanly on SIGTERM)."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
 
 
 def family(pid: int) -> list[int]:

@@ -37,6 +37,7 @@ __all__ = [
     "augment_queries",
     "default_spec",
     "exact_topk",
+    "exclusion_matrix",
     "factory_string",
     "ivf_nlist",
     "mixture_queries",
@@ -46,7 +47,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Exclusions = Sequence[Sequence[int]] | np.ndarray | None
+Exclusions = Sequence[Sequence[int] | np.ndarray] | np.ndarray | None
 
 FLAT_LIMIT = 50_000  # below this many videos exact search is fast enough (< ~5 ms per query at d=256)
 IVF_FLAT_LIMIT = 2_000_000  # below this many, uncompressed IVF vectors fit comfortably in RAM (< 2 GB at d=256)
@@ -211,8 +212,8 @@ def read_index(path: Path, mmap: bool = False) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- exclusions
-def _exclusion_matrix(exclude: Exclusions, batch: int) -> np.ndarray | None:
-    """Exclusions as an int64 [B, E] matrix padded with -1 (None when there are none)."""
+def exclusion_matrix(exclude: Exclusions, batch: int) -> np.ndarray | None:
+    """Exclusions (lists or a matrix) as an int64 [B, E] matrix padded with -1 (None when there are none)."""
     if exclude is None:
         return None
     if isinstance(exclude, np.ndarray):
@@ -439,11 +440,12 @@ class VideoIndex:
         """
         u = self._check_queries(user_vectors)
         queries = augment_queries(u, 1.0)
-        ids, scores = self._search(queries, k, exclude)
-        return self._refill(queries, k, exclude, ids, scores)
+        excl = exclusion_matrix(exclude, len(queries))  # once, for the search and any re-search
+        ids, scores = self._search(queries, k, excl)
+        return self._refill(queries, k, excl, ids, scores)
 
     def _refill(
-        self, queries: np.ndarray, k: int, exclude: Exclusions, ids: np.ndarray, scores: np.ndarray
+        self, queries: np.ndarray, k: int, excl: np.ndarray | None, ids: np.ndarray, scores: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Re-search rows that came back short with 4x the probes until they are full or every list is probed.
 
@@ -452,7 +454,6 @@ class VideoIndex:
         """
         if self.nlist is None or self.device == "gpu":
             return ids, scores
-        excl = _exclusion_matrix(exclude, len(queries))
         excluded = np.zeros(len(queries), np.int64) if excl is None else (excl > OOV_INDEX).sum(axis=1)
         short = (ids[:, -1] < 0) & (self.ntotal - excluded >= k)
         nprobe = int(self.params.get("nprobe", 1))
@@ -505,7 +506,7 @@ class VideoIndex:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         batch = len(queries)
-        excl = _exclusion_matrix(exclude, batch)
+        excl = exclusion_matrix(exclude, batch)
         extra = 0 if excl is None else int((excl > OOV_INDEX).sum(axis=1).max(initial=0))
         fetch = max(1, min(self.ntotal, (k + extra) * self.params["rerank"]))
         faiss.omp_set_num_threads(self.threads if batch >= PARALLEL_MIN_BATCH else 1)

@@ -19,7 +19,7 @@ import numpy as np
 from recsys.bundle import Bundle, load_bundle
 from recsys.errors import RecsysError
 from recsys.features import padded_strings
-from recsys.index import VideoIndex
+from recsys.index import VideoIndex, exclusion_matrix
 from recsys.schemas import OOV_INDEX
 
 log = logging.getLogger(__name__)
@@ -175,18 +175,17 @@ class Engine:
 
     def _exclusions(self, queries: list[Query]) -> tuple[np.ndarray, np.ndarray]:
         """Padded [B, E] exclusion matrix of video indices (-1 padding) and each query's unknown history count."""
-        lengths = np.fromiter(map(len, (q.exclude for q in queries)), dtype=np.int64, count=len(queries))
+        batch = len(queries)
+        lengths = np.fromiter(map(len, (q.exclude for q in queries)), dtype=np.int64, count=batch)
         flat = self.lookup([vid for q in queries for vid in q.exclude])
-        matrix = np.full((len(queries), max(1, int(lengths.max(initial=0)))), -1, dtype=np.int64)
-        rows = np.repeat(np.arange(len(queries)), lengths)
-        cols = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        matrix[rows, cols] = np.where(flat == OOV_INDEX, -1, flat)
-        hist_lengths = np.fromiter(map(len, (q.history for q in queries)), dtype=np.int64, count=len(queries))
+        rows = np.split(np.where(flat == OOV_INDEX, -1, flat), np.cumsum(lengths)[:-1])
+        matrix = exclusion_matrix(rows, batch)
+        hist_lengths = np.fromiter(map(len, (q.history for q in queries)), dtype=np.int64, count=batch)
         hist = self.lookup([vid for q in queries for vid in q.history])
         unknown = np.bincount(
-            np.repeat(np.arange(len(queries)), hist_lengths), weights=(hist == OOV_INDEX), minlength=len(queries)
+            np.repeat(np.arange(batch), hist_lengths), weights=(hist == OOV_INDEX), minlength=batch
         ).astype(np.int64)
-        return matrix, unknown
+        return (np.full((batch, 1), -1, dtype=np.int64) if matrix is None else matrix), unknown
 
     def recommend(self, queries: list[Query]) -> list[Result]:
         """Candidates for a batch: one tower call and one search for the tower queries, popularity for the rest."""
