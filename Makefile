@@ -9,7 +9,8 @@ LOCK := requirements.lock
 LOCK_EXTRAS := cpu spark train serve bench dev
 UV_VERSION ?= 0.13.9
 
-.PHONY: install lock demo test test-fast lint format bench-pipeline bench-quality bench-quality-history bench-softmax clean
+.PHONY: install lock demo test test-fast lint format bench-pipeline bench-quality bench-quality-history bench-softmax \
+	bench-results-index clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,41 +51,45 @@ format: install
 	$(BIN)/ruff format .
 
 bench-pipeline: install
-	$(BIN)/python benchmarks/pipeline.py --events 10000000 --json benchmarks/results/pipeline.json
+	$(BIN)/python -m benchmarks.pipeline --events 10000000 --json benchmarks/results/pipeline/pipeline.json
 
 # The quality results of the current defaults (~3 h on a 2-core box, one at a time).
 bench-quality: install
-	$(BIN)/python benchmarks/quality.py --dataset ml-100k --json benchmarks/results/quality_ml100k.json
-	$(BIN)/python benchmarks/seeds.py --dataset ml-100k --seeds 1,2,3 --json benchmarks/results/seeds_ml100k.json
-	$(BIN)/python benchmarks/quality.py --dataset synthetic --videos 10000 --users 10000 --events 500000 \
-		--protocols time_split --json benchmarks/results/quality_synthetic.json
-	$(BIN)/python benchmarks/seeds.py --dataset synthetic --seeds 1,2 --variants full,loguniform,topk_random \
-		--json benchmarks/results/seeds_synthetic.json
-	$(BIN)/python benchmarks/sweep.py --dataset ml-100k --loss full \
+	$(BIN)/python -m benchmarks.quality --dataset ml-100k --json benchmarks/results/quality/quality_ml100k.json
+	$(BIN)/python -m benchmarks.seeds --dataset ml-100k --seeds 1,2,3 --json benchmarks/results/seeds/seeds_ml100k.json
+	$(BIN)/python -m benchmarks.quality --dataset synthetic --videos 10000 --users 10000 --events 500000 \
+		--protocols time_split --json benchmarks/results/quality/quality_synthetic.json
+	$(BIN)/python -m benchmarks.seeds --dataset synthetic --seeds 1,2 --variants full,loguniform,topk_random \
+		--json benchmarks/results/seeds/seeds_synthetic.json
+	$(BIN)/python -m benchmarks.sweep --dataset ml-100k --loss full \
 		--point '{"hidden": [256], "video_input_dim": 64, "learning_rate": 0.2}' \
 		--point '{"hidden": [1024, 512, 256], "video_input_dim": 64, "learning_rate": 0.2}' \
 		--point '{"hidden": [], "video_input_dim": 64, "learning_rate": 0.2}' \
 		--point '{"hidden": [], "video_input_dim": 128, "learning_rate": 0.2}' \
-		--point '{"hidden": [], "video_input_dim": 128}' --json benchmarks/results/sweep_ml100k_tower.json
+		--point '{"hidden": [], "video_input_dim": 128}' --json benchmarks/results/sweep/sweep_ml100k_tower.json
 
 # Earlier configurations kept beside the defaults for comparison (the one-hidden-layer tower on ML-100K, the
 # 6-epoch synthetic run with 20 examples per user, the log-uniform tail with both).
 bench-quality-history: install
-	$(BIN)/python benchmarks/quality.py --dataset ml-100k --hidden 256 --video-input-dim 64 \
-		--json benchmarks/results/quality_ml100k_1layer.json
-	$(BIN)/python benchmarks/quality.py --dataset ml-100k --hidden 256 --video-input-dim 64 --tail-sampler loguniform \
-		--json benchmarks/results/quality_ml100k_logtail.json
-	$(BIN)/python benchmarks/seeds.py --dataset ml-100k --hidden 256 --video-input-dim 64 --learning-rate 0.2 \
-		--seeds 1,2,3 --json benchmarks/results/seeds_ml100k_1layer.json
-	$(BIN)/python benchmarks/quality.py --dataset synthetic --videos 10000 --users 10000 --events 500000 --epochs 6 \
+	$(BIN)/python -m benchmarks.quality --dataset ml-100k --hidden 256 --video-input-dim 64 \
+		--json benchmarks/results/history/quality/quality_ml100k_1layer.json
+	$(BIN)/python -m benchmarks.quality --dataset ml-100k --hidden 256 --video-input-dim 64 --tail-sampler loguniform \
+		--json benchmarks/results/history/quality/quality_ml100k_1layer_tail_loguniform.json
+	$(BIN)/python -m benchmarks.seeds --dataset ml-100k --hidden 256 --video-input-dim 64 --learning-rate 0.2 \
+		--seeds 1,2,3 --json benchmarks/results/history/seeds/seeds_ml100k_1layer.json
+	$(BIN)/python -m benchmarks.quality --dataset synthetic --videos 10000 --users 10000 --events 500000 --epochs 6 \
 		--max-examples-per-user 20 --learning-rates 0.2,0.4 --protocols time_split \
-		--json benchmarks/results/quality_synthetic_6ep.json
-	$(BIN)/python benchmarks/quality.py --dataset synthetic --videos 10000 --users 10000 --events 500000 --epochs 6 \
+		--json benchmarks/results/history/quality/quality_synthetic_6ep.json
+	$(BIN)/python -m benchmarks.quality --dataset synthetic --videos 10000 --users 10000 --events 500000 --epochs 6 \
 		--max-examples-per-user 20 --learning-rates 0.2,0.4 --protocols time_split --tail-sampler loguniform \
-		--json benchmarks/results/quality_synthetic_logtail.json
+		--json benchmarks/results/history/quality/quality_synthetic_6ep_tail_loguniform.json
 
 bench-softmax: install
-	$(BIN)/python benchmarks/softmax_scaling.py --json benchmarks/results/softmax_scaling.json
+	$(BIN)/python -m benchmarks.softmax_scaling --json benchmarks/results/softmax_scaling/softmax_scaling.json
+
+# benchmarks/results/README.md: every committed result, its command and headline numbers, from the JSON files.
+bench-results-index: install
+	$(BIN)/python -m benchmarks.results_readme
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,6 @@
 """Retrieval index benchmark: build time, recall@100 against exact search and queries/s, measured in one run.
 
-    python benchmarks/index.py --videos 1000000 --dim 256 --json benchmarks/results/index.json [--bundle DIR]
+    python -m benchmarks.index --videos 1000000 --dim 256 --json benchmarks/results/index/index.json [--bundle DIR]
 
 Data: clustered synthetic embeddings (``--videos`` x ``--dim``; topic centres on the unit sphere, items = a centre
 plus noise, a small bias per video) with synthetic user vectors (a mixture of one to three topic centres plus
@@ -21,16 +21,12 @@ import gc
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
-
-if __package__ in (None, ""):  # run as `python benchmarks/<name>.py`: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.output import emit_json
 from recsys.index import (

@@ -1,6 +1,6 @@
 """Throughput of the example pipeline: generate N synthetic events, then time `recsys pipeline` end to end.
 
-    python benchmarks/pipeline.py --events 10000000 --json benchmarks/results/pipeline.json [--engine spark]
+    python -m benchmarks.pipeline --events 10000000 --json benchmarks/results/pipeline/pipeline.json [--engine spark]
 
 Generation is not timed; the timed part is read + validate + partition + dedupe + vocabulary + transform +
 Parquet write + atomic publish, i.e. exactly what `recsys pipeline` does.
@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as `python benchmarks/<name>.py`: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.output import emit_json
 from pipelines.pipeline import run_pipeline

@@ -1,12 +1,14 @@
-"""Markdown tables and plots of a quality benchmark run, from its JSON and ranks (no retraining).
+"""Human-readable reports of the benchmark results, from their JSON (and ranks) alone: no retraining.
 
-    python benchmarks/report.py --json benchmarks/results/quality_ml100k.json
+    python -m benchmarks.report --json benchmarks/results/quality/quality_ml100k.json
 
-Writes beside the JSON, named after its stem (`quality_ml100k.json` -> `quality_ml100k.md`, ...): `<stem>.md` (one
-table per protocol with 95% user-bootstrap intervals and the hyperparameters validation chose from which grid, the
-paired comparisons of topk_random against every other method with raw and Holm-adjusted p-values, the protocols and
-the regenerating command), `<stem>_recall_curve_<protocol>.png` (Recall@K for K = 1..100 with bootstrap bands) and,
-where the JSON holds the per-epoch validation history, `<stem>_training_<protocol>.png`.
+For a quality result, writes beside the JSON, named after its stem (`quality_ml100k.json` -> `quality_ml100k.md`,
+...): `<stem>.md` (a summary generated from the numbers, one table per protocol with 95% user-bootstrap intervals
+and the hyperparameters validation chose from which grid, the paired comparisons of topk_random against every other
+method with raw and Holm-adjusted p-values, the protocols and the regenerating command),
+`<stem>_recall_curve_<protocol>.png` (Recall@K for K = 1..100 with bootstrap bands) and, where the JSON holds the
+per-epoch validation history, `<stem>_training_<protocol>.png`. For a seed-spread or sweep result, `<stem>.md` with
+its tables and a summary generated from them. Also the tables `benchmarks.quality` prints when it finishes.
 """
 
 from __future__ import annotations
@@ -14,34 +16,29 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python benchmarks/report.py`: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
-TABLE_METRICS = (("recall@10", "R@10"), ("recall@50", "R@50"), ("recall@100", "R@100"), ("ndcg@10", "NDCG@10"))
-TABLE_METRICS = (*TABLE_METRICS, ("map", "MAP"))
-COMPARE_METRICS = ("recall@10", "recall@100", "ndcg@10", "map")
+from benchmarks.output import ranks_file
+from benchmarks.schema import COMPARE_METRICS, LOSSES, PROTOCOL_NAMES, SAMPLED_LOSSES
+from benchmarks.targets import COMPARE_BASE
+
+TABLE_METRICS = (
+    ("recall@10", "R@10"),
+    ("recall@50", "R@50"),
+    ("recall@100", "R@100"),
+    ("ndcg@10", "NDCG@10"),
+    ("map", "MAP"),
+)
 CURVE_KS = 100
 CURVE_REPLICATES = 300
 CURVE_SEED = 0
-TWO_TOWER = ("full", "loguniform", "inbatch", "topk_random")
-SAMPLED = ("loguniform", "inbatch", "topk_random")
-PROTOCOL_NAMES = {"time_split": "time split", "leave_last_out": "leave-last-out"}
-
-
-def ranks_path(json_path: Path) -> Path:
-    """The ranks file of a result JSON: `<json stem>.ranks.npz` beside it."""
-    return json_path.with_name(json_path.stem + ".ranks.npz")
+# DeepMatch's published ML-1M recall@50 (leave-last-out, history 50, every item ranked): printed beside ours.
+DEEPMATCH_ML1M_RECALL50 = {"YoutubeDNN": 0.337, "DSSM (in-batch)": 0.355, "SDM": 0.475}
+SEEDS_HEADLINE = "recall@100"
 
 
 def protocols_of(result: dict[str, Any]) -> list[str]:
@@ -142,7 +139,7 @@ def planted_section(result: dict[str, Any]) -> list[str]:
         "",
         "The synthetic generator plants each user's interests (a few of its topics) and each video's topic. Below: "
         "the mean share of each test example's top-100 whose video's planted topic is one of its user's planted "
-        "interests (`benchmarks.quality.topic_share`; a chance-level recommender scores about the topics' share of "
+        "interests (`benchmarks.topics.topic_share`; a chance-level recommender scores about the topics' share of "
         "the catalogue a user is interested in). It needs no held-out label, so it also measures how much of a list "
         "is on-taste beyond the single test label.",
         "",
@@ -163,7 +160,7 @@ def protocols_section(result: dict[str, Any]) -> list[str]:
         pmeta = meta.get("protocols", {}).get(protocol, {})
         pipeline = pmeta.get("pipeline", {})
         config = pipeline.get("config", {})
-        first = next(iter(result[protocol].values()), {})
+        first: dict[str, Any] = next(iter(result[protocol].values()), {})
         counts = f"{first.get('n_examples', '?')} test examples from {first.get('n_users', '?')} test users"
         if protocol == "time_split":
             split = pipeline.get("split", {})
@@ -196,6 +193,71 @@ def protocols_section(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _relative(a: float, b: float) -> float:
+    """(a - b) / b, infinite when b is 0."""
+    return (a - b) / b if b > 0 else float("inf")
+
+
+def quality_summary(result: dict[str, Any]) -> list[str]:
+    """Per protocol, in words computed from the numbers: the best method, topk_random against each other, the checks."""
+    meta = result["meta"]
+    lines = [
+        "## Summary",
+        "",
+        "Generated from the numbers below: test recall@100, the relative difference of topk_random to each other "
+        "method, and whether the paired user-bootstrap 95% interval of the difference excludes 0 (after Holm's "
+        "adjustment where the result has it).",
+        "",
+    ]
+    for protocol in protocols_of(result):
+        recall = {m: float(e["recall@100"]) for m, e in result[protocol].items()}
+        best = max(recall, key=lambda m: recall[m])
+        text = f"- **{PROTOCOL_NAMES.get(protocol, protocol)}**: highest recall@100 {best} ({recall[best]:.4f})."
+        if COMPARE_BASE in recall:
+            comparisons = meta.get("comparisons", {}).get(protocol, {})
+            parts = []
+            for other in recall:
+                if other == COMPARE_BASE:
+                    continue
+                part = f"{_relative(recall[COMPARE_BASE], recall[other]):+.1%} against {other}"
+                pair = comparisons.get(f"{COMPARE_BASE} vs {other}", {}).get("recall@100")
+                if pair is not None:
+                    significant = pair.get("significant_holm", pair["significant"])
+                    part += " (significant)" if significant else " (not significant)"
+                parts.append(part)
+            text += f" {COMPARE_BASE} ({recall[COMPARE_BASE]:.4f}): {', '.join(parts)}."
+        checks = meta.get("checks", {}).get(protocol, [])
+        if checks:
+            failing = [c["check"] for c in checks if not c["holds"]]
+            text += f" Target checks: {len(checks) - len(failing)} of {len(checks)} hold"
+            text += f"; failing: {'; '.join(failing)}." if failing else "."
+        lines.append(text)
+    return lines
+
+
+def regenerate_section(command: str, json_path: Path) -> list[str]:
+    """How to remake a result (its command as recorded when it ran) and its report (from the JSON alone)."""
+    if command and not command.startswith("python"):
+        command = f"python {command}"
+    return [
+        "## Regenerate",
+        "",
+        "The benchmark as recorded when it ran (`benchmarks/results/README.md` lists today's command of every "
+        "committed result):",
+        "",
+        "```",
+        command or "(not recorded)",
+        "```",
+        "",
+        "This report alone, from the JSON (no retraining):",
+        "",
+        "```",
+        f"python -m benchmarks.report --json {json_path.as_posix()}",
+        "```",
+        "",
+    ]
+
+
 def write_markdown(result: dict[str, Any], json_path: Path, out: Path, plots: Sequence[Path]) -> None:
     """Write the markdown report of a result JSON."""
     meta = result["meta"]
@@ -216,6 +278,7 @@ def write_markdown(result: dict[str, Any], json_path: Path, out: Path, plots: Se
         ]
     if two_tower.get("grid_note"):
         lines += ["", f"Two-tower grid: {two_tower['grid_note']}"]
+    lines += ["", *quality_summary(result)]
     for protocol in protocols_of(result):
         lines += ["", f"## {PROTOCOL_NAMES.get(protocol, protocol)}", "", *method_table(protocol, result)]
     lines += ["", "## Paired comparisons", ""]
@@ -234,18 +297,18 @@ def write_markdown(result: dict[str, Any], json_path: Path, out: Path, plots: Se
         lines += ["", *planted]
     lines += ["", *protocols_section(result), "", "## Plots", ""]
     lines += [f"- `{p.name}`" for p in plots]
-    command = meta.get("command", "")
-    lines += [
-        "",
-        "## Regenerate",
-        "",
-        "```",
-        f"python {command}" if command and not command.startswith("python") else command,
-        f"python benchmarks/report.py --json {json_path.as_posix()}  # markdown and plots only, no retraining",
-        "```",
-        "",
-    ]
+    lines += ["", *regenerate_section(meta.get("command", ""), json_path)]
     out.write_text("\n".join(lines))
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, imported at the first plot (the text reports need none)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def recall_curves(
@@ -268,11 +331,12 @@ def recall_curves(
 
 def plot_recall_curve(protocol: str, ranks: dict[str, np.ndarray], groups: np.ndarray, out: Path) -> None:
     """Recall@K, K = 1..100, per method with its bootstrap band."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     ks = np.arange(1, CURVE_KS + 1)
     for i, (method, r) in enumerate(ranks.items()):
         mean, low, high = recall_curves(r, groups, seed=CURVE_SEED)
-        style = "-" if method in TWO_TOWER else "--"
+        style = "-" if method in LOSSES else "--"
         (line,) = ax.plot(ks, mean, style, color=f"C{i}", label=method, linewidth=1.6)
         ax.fill_between(ks, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_xlabel("K")
@@ -295,10 +359,11 @@ def plot_training(protocol: str, losses: dict[str, Any], out: Path) -> bool:
     histories = {
         m: info["epochs"] for m, info in losses.items() if isinstance(info.get("epochs"), list) and info["epochs"]
     }
-    if not any(m in histories for m in SAMPLED):
+    if not any(m in histories for m in SAMPLED_LOSSES):
         return False
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, method in enumerate(TWO_TOWER):
+    for i, method in enumerate(LOSSES):
         if method not in histories:
             continue
         epochs = [e["epoch"] for e in histories[method]]
@@ -319,14 +384,198 @@ def plot_training(protocol: str, losses: dict[str, Any], out: Path) -> bool:
     return True
 
 
-def write_report(json_path: Path, out_dir: Path | None = None) -> list[Path]:
-    """Write `<stem>.md` and the plots from a result JSON and its ranks file; return the paths written."""
+def format_table(protocol: str, metrics: dict[str, dict[str, float]], meta: dict[str, Any], dataset: str) -> str:
+    """The plain-text table `benchmarks.quality` prints for one protocol: validation and test metrics, time, checks."""
+    lines = [
+        f"== {protocol} | {dataset} | {meta['examples']['test']} test examples | {meta['videos']} videos "
+        f"| train {meta['examples']['train']} | validation {meta['examples']['validation']} ==",
+        f"{'method':<12} {'val R@100':>9} {'R@10':>7} {'R@50':>7} {'R@100':>7} {'NDCG@10':>8} {'MAP':>7} "
+        f"{'train s':>8}  notes",
+    ]
+    for method, m in metrics.items():
+        val, secs, note = "", "", ""
+        if method in meta.get("losses", {}):
+            info = meta["losses"][method]
+            if "validation_best" in info:
+                val = f"{info['validation_best']['recall@100']:.4f}"
+                chosen = ", ".join(f"{k}={v}" for k, v in info.get("chosen", {}).items())
+                note = f"{chosen + ', ' if chosen else ''}best epoch {info['best_epoch']}/{info['epochs_run']}"
+            else:
+                note = f"{info['steps']} steps, {info['epochs']} epochs"
+            secs = f"{info.get('wall_s', info.get('train_s')):.0f}"
+        elif method in ("als", "bpr", "ease") and method in meta:
+            val = f"{meta[method]['chosen_validation']['recall@100']:.4f}"
+            secs = f"{meta[method]['fit_s']:.1f}"
+            note = ", ".join(f"{k}={v}" for k, v in meta[method]["chosen"].items())
+            if method == "bpr":
+                note += " (no fold-in)"
+        elif method == "popularity" and "validation_popularity" in meta:
+            val = f"{meta['validation_popularity']['recall@100']:.4f}"
+        share = meta.get("topic_share@100", {}).get(method)
+        if share is not None:
+            note += f" topic share@100 {share:.3f}"
+        lines.append(
+            f"{method:<12} {val:>9} {m['recall@10']:>7.4f} {m['recall@50']:>7.4f} {m['recall@100']:>7.4f} "
+            f"{m['ndcg@10']:>8.4f} {m['map']:>7.4f} {secs:>8}  {note}"
+        )
+    lines.append("targets (test recall@100; CI: paired user-bootstrap 95% interval of the difference):")
+    for c in meta["checks"]:
+        lines.append(
+            f"  [{'HOLDS' if c['holds'] else 'FAILS'}] {c['check']}: {c['a']:.4f} vs {c['b']:.4f} "
+            f"({c['relative']:+.1%}; diff {c['diff']:+.4f}, CI [{c['ci95_low']:+.4f}, {c['ci95_high']:+.4f}]"
+            f"{'' if c['ci95_low'] > 0 or c['ci95_high'] < 0 else ', not significant'})"
+        )
+    return "\n".join(lines)
+
+
+def format_deepmatch(metrics: dict[str, dict[str, float]]) -> str:
+    """Our leave-last-out recall@50 beside DeepMatch's published ML-1M figures (their code, their runs)."""
+    lines = ["ML-1M leave-last-out recall@50 (hit rate), ours beside DeepMatch's published figures:"]
+    lines += [f"  ours {m:<12} {v['recall@50']:.4f}" for m, v in metrics.items()]
+    lines += [f"  DeepMatch {name:<18} {value:.3f}" for name, value in DEEPMATCH_ML1M_RECALL50.items()]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- seed spread
+def seeds_table(summary: dict[str, Any], seeds: Sequence[int]) -> str:
+    """Markdown tables: each variant's test metrics over seeds, then the paired Recall@100 gaps."""
+    lines = [
+        f"Seeds {', '.join(map(str, seeds))}; mean ± sample sd over seeds (min–max of Recall@100).",
+        "",
+        "| variant | Recall@10 | Recall@50 | Recall@100 | R@100 min–max | NDCG@10 | MAP | validation R@100 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(s: dict[str, Any]) -> str:
+        return f"{s['mean']:.4f}" + (f" ± {s['sd']:.4f}" if s["sd"] is not None else "")
+
+    for variant, m in summary["variants"].items():
+        r100 = m[SEEDS_HEADLINE]
+        lines.append(
+            f"| {variant} | {cell(m['recall@10'])} | {cell(m['recall@50'])} | {cell(r100)} | "
+            f"{r100['min']:.4f}–{r100['max']:.4f} | {cell(m['ndcg@10'])} | {cell(m['map'])} | "
+            f"{cell(m['validation_recall@100'])} |"
+        )
+    lines += ["", "| pair | Recall@100 gap per seed | mean gap [95% t interval] |", "|---|---|---|"]
+    for pair, g in summary["gaps"].items():
+        per_seed = ", ".join(f"{v:+.1%}" for v in g["relative"])
+        ci = f" [{g['ci95_low']:+.1%}, {g['ci95_high']:+.1%}]" if g["ci95_low"] is not None else ""
+        lines.append(f"| {pair} | {per_seed} | {g['mean']:+.1%}{ci} |")
+    return "\n".join(lines)
+
+
+def seeds_summary(summary: dict[str, Any]) -> list[str]:
+    """In words computed from the numbers: the best mean Recall@100 and, per pair, how often and how far a led b."""
+    means = {v: m[SEEDS_HEADLINE]["mean"] for v, m in summary["variants"].items()}
+    best = max(means, key=lambda v: means[v])
+    lines = [f"- Highest mean test Recall@100 over the seeds: {best} ({means[best]:.4f})."]
+    for pair, g in summary["gaps"].items():
+        a, b = pair.split(" vs ")
+        ahead = sum(v > 0 for v in g["relative"])
+        text = f"- {a} against {b}: ahead in {ahead} of {len(g['relative'])} seeds, mean gap {g['mean']:+.1%}"
+        if g["ci95_low"] is not None:
+            inside = g["ci95_low"] <= 0 <= g["ci95_high"]
+            text += f", 95% t interval [{g['ci95_low']:+.1%}, {g['ci95_high']:+.1%}]"
+            text += " (contains 0: within the seed-to-seed spread)" if inside else " (excludes 0)"
+        lines.append(text + ".")
+    return lines
+
+
+def seeds_markdown(result: dict[str, Any], json_path: Path) -> str:
+    """The markdown report of a seed-spread result."""
+    meta = result["meta"]
+    lines = [
+        f"# Seed spread: {meta['dataset']}, {meta['protocol']}",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        seeds_table(result["summary"], meta["seeds"]),
+        "",
+        "## Summary",
+        "",
+        "Generated from the tables above.",
+        "",
+        *seeds_summary(result["summary"]),
+        "",
+        f"Rebuild this report from the JSON: `python -m benchmarks.report --json {json_path.as_posix()}`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- validation sweep
+def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table: one row per point, its best validation recall@100, best epoch and curve."""
+    lines = [
+        "| point | validation R@100 | best epoch / run | per-epoch validation R@100 |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{json.dumps(r['point'])}` | {r['validation']['recall@100']:.4f} | {r['best_epoch']} / "
+            f"{r['epochs_run']} | {' '.join(f'{v:.3f}' for v in r['curve'])} |"
+        )
+    return "\n".join(lines)
+
+
+def sweep_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """In words computed from the rows: the best point, and the points still improving when training stopped."""
+    if not rows:
+        return ["- No points."]
+    best = max(rows, key=lambda r: r["validation"]["recall@100"])
+    lines = [
+        f"- Best point by validation Recall@100: `{json.dumps(best['point'])}`, "
+        f"{best['validation']['recall@100']:.4f} at epoch {best['best_epoch']} of {best['epochs_run']}."
+    ]
+    rising = [f"`{json.dumps(r['point'])}`" for r in rows if r["best_epoch"] == r["epochs_run"]]
+    if rising:
+        lines.append(f"- Best epoch = last epoch run (possibly still improving): {', '.join(rising)}.")
+    return lines
+
+
+def sweep_markdown(result: dict[str, Any], json_path: Path) -> str:
+    """The markdown report of a validation sweep."""
+    meta = result["meta"]
+    lines = [
+        f"# Validation sweep: {meta['dataset']}, {meta['loss']}, time split",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        "Validation only (test is never read). Base: the quality benchmark's config of the dataset "
+        "(`benchmarks.two_tower.model_configs`).",
+        "",
+        sweep_table(result["points"]),
+        "",
+        "## Summary",
+        "",
+        "Generated from the table above.",
+        "",
+        *sweep_summary(result["points"]),
+        "",
+        f"Rebuild this report from the JSON: `python -m benchmarks.report --json {json_path.as_posix()}`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+def result_kind(result: dict[str, Any]) -> str:
+    """Which benchmark wrote a result JSON: "seeds", "sweep" or "quality"."""
+    if "summary" in result and "runs" in result:
+        return "seeds"
+    if "points" in result:
+        return "sweep"
+    if isinstance(result.get("meta"), dict) and protocols_of(result):
+        return "quality"
+    raise ValueError("not a quality, seed-spread or sweep result")
+
+
+def write_quality_report(json_path: Path, out_dir: Path | None = None) -> list[Path]:
+    """Write `<stem>.md` and the plots from a quality result JSON and its ranks file; return the paths written."""
     json_path = Path(json_path)
     out_dir = Path(out_dir) if out_dir is not None else json_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     result = json.loads(json_path.read_text())
     written: list[Path] = []
-    with np.load(ranks_path(json_path)) as npz:
+    with np.load(ranks_file(json_path)) as npz:
         stored = {k: npz[k] for k in npz.files}
     for protocol in protocols_of(result):
         ranks = {m: stored[f"{protocol}/{m}"] for m in result[protocol] if f"{protocol}/{m}" in stored}
@@ -345,10 +594,23 @@ def write_report(json_path: Path, out_dir: Path | None = None) -> list[Path]:
     return [md, *written]
 
 
+def write_report(json_path: Path, out_dir: Path | None = None) -> list[Path]:
+    """Write the report of any result JSON (quality: markdown and plots; seeds, sweep: markdown); the paths written."""
+    json_path = Path(json_path)
+    result = json.loads(json_path.read_text())
+    kind = result_kind(result)
+    if kind == "quality":
+        return write_quality_report(json_path, out_dir)
+    out = (Path(out_dir) if out_dir is not None else json_path.parent) / f"{json_path.stem}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(seeds_markdown(result, json_path) if kind == "seeds" else sweep_markdown(result, json_path))
+    return [out]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: regenerate the markdown and plots of one result JSON."""
+    """Command line: regenerate the report of one result JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", type=Path, required=True, help="a quality benchmark result JSON")
+    parser.add_argument("--json", type=Path, required=True, help="a quality, seed-spread or sweep result JSON")
     parser.add_argument("--out-dir", type=Path, default=None, help="default: beside the JSON")
     args = parser.parse_args(argv)
     for path in write_report(args.json, args.out_dir):

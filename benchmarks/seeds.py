@@ -1,13 +1,14 @@
 """Seed spread of the two-tower losses: how much of a quality gap between two losses is training noise.
 
-    python benchmarks/seeds.py --dataset ml-100k --seeds 1,2,3 --json benchmarks/results/seeds_ml100k.json
+    python -m benchmarks.seeds --dataset ml-100k --seeds 1,2,3 --json benchmarks/results/seeds/seeds_ml100k.json
 
-`quality.py` trains each loss once, and its intervals are a bootstrap over test users: they capture which users were
-tested, not which initialisation and batch order the run happened to get. Here every variant is trained once per
-seed (`TrainConfig.seed`: initial weights, shuffle order, sampled negatives) on the same examples with the same
-learning rate, epoch cap and early stopping as `quality.py`, and scored on test over the full catalogue. It reports
-each variant's mean and standard deviation over seeds and, for every (top-K-plus-random variant, other variant) pair,
-the relative Recall@100 gap per seed with a t interval over the seeds (the seeds pair the runs: seed s of both).
+`benchmarks.quality` trains each loss once, and its intervals are a bootstrap over test users: they capture which
+users were tested, not which initialisation and batch order the run happened to get. Here every variant is trained
+once per seed (`TrainConfig.seed`: initial weights, shuffle order, sampled negatives) on the same examples with the
+same learning rate, epoch cap and early stopping as `benchmarks.quality`, and scored on test over the full catalogue.
+It reports each variant's mean and standard deviation over seeds and, for every (top-K-plus-random variant, other
+variant) pair, the relative Recall@100 gap per seed with a t interval over the seeds (the seeds pair the runs: seed
+s of both).
 
 Variants: a loss name, or `topk_random+logtail` for top-K-plus-random with `tail_sampler="loguniform"`.
 """
@@ -15,34 +16,22 @@ Variants: a loss name, or `topk_random+logtail` for top-K-plus-random with `tail
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import shlex
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python benchmarks/seeds.py`: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 from scipy import stats as sps
 
-from benchmarks.quality import (
-    METRIC_KEYS,
-    Prepared,
-    add_dataset_arguments,
-    log,
-    model_configs,
-    prepare_dataset,
-    score_chunk,
-    score_two_tower,
-    with_tower,
-)
+from benchmarks.datasets import Prepared, add_dataset_arguments, check_dataset_arguments, prepare_dataset
+from benchmarks.output import command_line, log, write_json
+from benchmarks.report import write_report
+from benchmarks.schema import METRIC_KEYS
+from benchmarks.two_tower import model_configs, score_chunk, score_two_tower, with_tower
 from recsys.config import ModelConfig, TrainConfig, parse_widths, with_overrides
 from recsys.metrics import metrics_from_ranks
 from training.data import ExampleSet, to_batch
@@ -110,33 +99,6 @@ def summarise_seeds(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return summary
 
 
-def format_summary(summary: dict[str, Any], seeds: Sequence[int]) -> str:
-    """Markdown tables: each variant's test metrics over seeds, then the paired Recall@100 gaps."""
-    lines = [
-        f"Seeds {', '.join(map(str, seeds))}; mean ± sample sd over seeds (min–max of Recall@100).",
-        "",
-        "| variant | Recall@10 | Recall@50 | Recall@100 | R@100 min–max | NDCG@10 | MAP | validation R@100 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-
-    def cell(s: dict[str, Any]) -> str:
-        return f"{s['mean']:.4f}" + (f" ± {s['sd']:.4f}" if s["sd"] is not None else "")
-
-    for variant, m in summary["variants"].items():
-        r100 = m[HEADLINE]
-        lines.append(
-            f"| {variant} | {cell(m['recall@10'])} | {cell(m['recall@50'])} | {cell(r100)} | "
-            f"{r100['min']:.4f}–{r100['max']:.4f} | {cell(m['ndcg@10'])} | {cell(m['map'])} | "
-            f"{cell(m['validation_recall@100'])} |"
-        )
-    lines += ["", "| pair | Recall@100 gap per seed | mean gap [95% t interval] |", "|---|---|---|"]
-    for pair, g in summary["gaps"].items():
-        per_seed = ", ".join(f"{v:+.1%}" for v in g["relative"])
-        ci = f" [{g['ci95_low']:+.1%}, {g['ci95_high']:+.1%}]" if g["ci95_low"] is not None else ""
-        lines.append(f"| {pair} | {per_seed} | {g['mean']:+.1%}{ci} |")
-    return "\n".join(lines)
-
-
 def run_seeds(
     prepared: Prepared,
     protocol: str,
@@ -185,17 +147,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command line of the seed-spread benchmark."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_arguments(p)
-    p.add_argument("--epochs", type=int, help="epoch cap (default: quality.py's: 40 ML, 5 synthetic)")
+    p.add_argument("--epochs", type=int, help="epoch cap (default: quality's, 40 ML, 20 synthetic)")
     p.add_argument("--protocol", choices=("time_split", "leave_last_out"), default="time_split")
     p.add_argument("--learning-rate", type=float, help="every variant's (default 0.4, validation's choice)")
-    p.add_argument("--hidden", help="hidden widths, comma-separated ('' for depth 0; default quality.py's)")
-    p.add_argument("--video-input-dim", type=int, help="watch-history embedding width (default quality.py's)")
+    p.add_argument("--hidden", help="hidden widths, comma-separated ('' for depth 0; default: quality's)")
+    p.add_argument("--video-input-dim", type=int, help="watch-history embedding width (default: quality's)")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated TrainConfig seeds")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated of {VARIANTS}")
     p.add_argument("--workdir", type=Path, help="kept and reused (default: a temp dir, removed)")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
+    check_dataset_arguments(p, args)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.hidden is not None:
         try:
@@ -220,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prepared = prepare_dataset(args, work, [args.protocol])
         model_cfg, base = model_configs(prepared.kind, args.epochs, budget=False)
         model_cfg = with_tower(model_cfg, args.hidden, args.video_input_dim)
-        # quality.py's base learning rate (0.4) is the one every time-split loss chose in its grid.
+        # The quality benchmark's base learning rate (0.4) is the one every time-split loss chose in its grid.
         base = with_overrides(base, learning_rate=args.learning_rate)
         lr = base.learning_rate
         log(f"{prepared.name} {args.protocol}: variants {args.variants}, seeds {args.seeds}, learning rate {lr}")
@@ -229,27 +192,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     summary = summarise_seeds(results)
-    table = format_summary(summary, args.seeds)
     result = {
         "summary": summary,
         "runs": results,
         "meta": {
             "dataset": prepared.name,
             "protocol": args.protocol,
-            "command": shlex.join(sys.argv),
+            "command": command_line("benchmarks.seeds", argv),
             "seeds": args.seeds,
             "model": model_cfg.model_dump(mode="json"),
             "train": base.model_dump(mode="json", exclude={"loss", "seed"}),
             "runtime_s": round(time.perf_counter() - started, 1),
         },
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    md = args.json.with_suffix(".md")
-    md.write_text(
-        f"# Seed spread: {prepared.name}, {args.protocol}\n\nCommand: `{result['meta']['command']}`\n\n{table}\n"
-    )
-    print(table)
+    write_json(result, args.json)
+    (md,) = write_report(args.json)
+    print(md.read_text())
     print(f"wrote {args.json} and {md}")
 
 

@@ -1,6 +1,6 @@
 """Training step time of each loss as the catalogue grows (10k, 100k, 1M classes), measured in one run.
 
-    python benchmarks/softmax_scaling.py --json benchmarks/results/softmax_scaling.json
+    python -m benchmarks.softmax_scaling --json benchmarks/results/softmax_scaling/softmax_scaling.json
 
 Setup (the design's reference): batch 1024, d = 256, one Dense layer as the user tower over a 256-d input,
 the output table V [n, 256] + bias, sparse Adagrad (lr 0.05) on V/b, dense on the tower. V starts topic-structured
@@ -22,16 +22,12 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
-
-if __package__ in (None, ""):  # run as `python benchmarks/<name>.py`: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.output import emit_json
 from recsys.config import TrainConfig

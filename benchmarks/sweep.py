@@ -1,42 +1,33 @@
 """Validation-only sweep: how model and training settings move one loss's validation recall, never looking at test.
 
-    python benchmarks/sweep.py --dataset ml-100k --loss full \\
+    python -m benchmarks.sweep --dataset ml-100k --loss full \\
         --point '{"hidden": [256]}' --point '{"hidden": [], "video_input_dim": 128}' \\
-        --json benchmarks/results/sweep_ml100k_tower.json
+        --json benchmarks/results/sweep/sweep_ml100k_tower.json
 
-Every point starts from `quality.py`'s base model and training config of the dataset (its tower and learning
-rate included) and overrides the JSON object's keys (ModelConfig or TrainConfig fields). Each point trains with
-early stopping on the time split and reports its validation recall@100 per epoch and at its best epoch. This is how
-`quality.py`'s defaults (TOWER_NOTE, TWO_TOWER_GRID_NOTE) are chosen; the test split is never read, so the choice
-cannot leak into the reported test figures.
+Every point starts from the quality benchmark's base model and training config of the dataset
+(`benchmarks.two_tower.model_configs`: its tower and learning rate included) and overrides the JSON object's keys
+(ModelConfig or TrainConfig fields). Each point trains with early stopping on the time split and reports its
+validation recall@100 per epoch and at its best epoch. This is how the quality benchmark's defaults (TOWER_NOTE,
+TWO_TOWER_GRID_NOTE in `benchmarks.two_tower`) are chosen; the test split is never read, so the choice cannot leak
+into the reported test figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python benchmarks/sweep.py`: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.quality import (
-    LOSSES,
-    METRIC_KEYS,
-    add_dataset_arguments,
-    apply_point,
-    log,
-    model_configs,
-    pipeline_config,
-    prepare_dataset,
-)
+from benchmarks.datasets import add_dataset_arguments, check_dataset_arguments, pipeline_config, prepare_dataset
+from benchmarks.output import command_line, log, write_json
+from benchmarks.report import write_report
+from benchmarks.schema import LOSSES, METRIC_KEYS
+from benchmarks.two_tower import apply_point, model_configs
 from recsys.config import with_overrides
 from training.train import train
 
@@ -59,20 +50,6 @@ def curve(report: dict[str, Any]) -> list[float]:
     return [round(float(e[HEADLINE]), 4) for e in report["epochs"]]
 
 
-def format_rows(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table: one row per point, its best validation recall@100, best epoch and curve."""
-    lines = [
-        "| point | validation R@100 | best epoch / run | per-epoch validation R@100 |",
-        "|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| `{json.dumps(r['point'])}` | {r['validation'][HEADLINE]:.4f} | {r['best_epoch']} / {r['epochs_run']} "
-            f"| {' '.join(f'{v:.3f}' for v in r['curve'])} |"
-        )
-    return "\n".join(lines)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command line of the sweep."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,6 +61,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
+    check_dataset_arguments(p, args)
     try:
         args.point = [parse_point(t) for t in args.point]
         args.pipeline = parse_point(args.pipeline)
@@ -134,26 +112,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    table = format_rows(rows)
-    print(table)
     result = {
         "points": rows,
         "meta": {
             "dataset": prepared.name,
             "loss": args.loss,
             "pipeline": prepared.pipeline["time_split"]["config"],
-            "command": shlex.join(sys.argv),
+            "command": command_line("benchmarks.sweep", argv),
             "base_model": model_cfg.model_dump(mode="json"),
             "base_train": train_cfg.model_dump(mode="json"),
             "runtime_s": round(time.perf_counter() - started, 1),
         },
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    args.json.with_suffix(".md").write_text(
-        f"# Validation sweep: {prepared.name}, {args.loss}, time split\n\nCommand: `{result['meta']['command']}`\n\n"
-        f"Validation only (test is never read). Base: quality.py's config of the dataset.\n\n{table}\n"
-    )
+    write_json(result, args.json)
+    (md,) = write_report(args.json)
+    print(md.read_text())
 
 
 if __name__ == "__main__":

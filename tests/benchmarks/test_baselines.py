@@ -1,4 +1,4 @@
-"""The quality benchmark's ALS/BPR/EASE wrappers, its training-window cut and its JSON shape (fast, tiny data)."""
+"""The quality benchmark's ALS/BPR/EASE runs, training-window cut, target checks and JSON shape (fast, tiny data)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
-from benchmarks import quality
+from benchmarks import protocol as protocol_module
 from benchmarks.baselines import (
+    EASE_GRID,
     AlsParams,
     BprParams,
     GridResult,
@@ -19,28 +20,20 @@ from benchmarks.baselines import (
     als_scorer,
     bpr_scorer,
     bpr_user_factors,
+    ease_scorer,
     fit_als,
     fit_bpr,
+    fit_ease,
     grid,
     grid_search,
     history_matrix,
     interaction_matrix,
     least_squares_user_factors,
 )
-from benchmarks.quality import (
-    EASE_GRID,
-    METHODS,
-    METRIC_KEYS,
-    PROTOCOLS,
-    check_targets,
-    paired_difference,
-    ranks_file,
-    run_baselines,
-    run_ease,
-    shape_results,
-    training_window,
-)
-from recsys.ease import ease_scorer, fit_ease
+from benchmarks.output import ranks_file
+from benchmarks.protocol import run_baselines, run_ease, training_window
+from benchmarks.schema import METHODS, METRIC_KEYS, PROTOCOLS, shape_results
+from benchmarks.targets import check_targets, paired_difference
 from recsys.features import FeatureSpace, NumericStats, Vocabulary, count_values
 from recsys.metrics import label_ranks, metrics_from_ranks
 from recsys.model import PAD
@@ -250,13 +243,13 @@ def test_ease_is_fitted_on_the_same_training_matrix_as_als(monkeypatch):
         chosen = {"params": {}, "validation": {"recall@100": 0.0}, "fit_s": 0.0}
         return GridResult(points=[], chosen=chosen, model=model)
 
-    monkeypatch.setattr(quality, "training_window", lambda *_: (pa.array(np.arange(60)), matrix))
-    monkeypatch.setattr(quality, "grid_search", one_point_grid)
-    monkeypatch.setattr(quality, "fit_als", record("als"))
-    monkeypatch.setattr(quality, "fit_bpr", record("bpr"))
-    monkeypatch.setattr(quality, "fit_ease", record("ease", fit_ease))
-    monkeypatch.setattr(quality, "als_scorer", zeros)
-    monkeypatch.setattr(quality, "bpr_scorer", zeros)
+    monkeypatch.setattr(protocol_module, "training_window", lambda *_: (pa.array(np.arange(60)), matrix))
+    monkeypatch.setattr(protocol_module, "grid_search", one_point_grid)
+    monkeypatch.setattr(protocol_module, "fit_als", record("als"))
+    monkeypatch.setattr(protocol_module, "fit_bpr", record("bpr"))
+    monkeypatch.setattr(protocol_module, "fit_ease", record("ease", fit_ease))
+    monkeypatch.setattr(protocol_module, "als_scorer", zeros)
+    monkeypatch.setattr(protocol_module, "bpr_scorer", zeros)
     prepared = SimpleNamespace(pipeline={"time_split": {"split": {}}}, events=None)
     batch = {"history": histories, "label": labels}
     users = pa.chunked_array([pa.array(np.arange(60))])

@@ -1,4 +1,4 @@
-"""benchmarks/report.py on a tiny fake result: markdown with every method and interval, and both plots (fast)."""
+"""benchmarks.report on tiny fake results: quality markdown with every interval and both plots, seeds and sweeps."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.quality import METHODS, ProtocolRun, add_intervals, ranks_file, shape_results
+from benchmarks.output import ranks_file
+from benchmarks.protocol import ProtocolRun
 from benchmarks.report import recall_curves, tie_rule, write_report
+from benchmarks.schema import METHODS, shape_results
+from benchmarks.targets import add_intervals
 from recsys.metrics import metrics_from_ranks
 
 PROTOCOLS = ("time_split", "leave_last_out")
 
 
 def fake_result(tmp_path: Path) -> Path:
-    """A result JSON + ranks file shaped like quality.py's, from random ranks of 120 examples by 30 users."""
+    """A result JSON + ranks file shaped like benchmarks.quality's, from random ranks of 120 examples by 30 users."""
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(30), 4)
     runs: dict[str, ProtocolRun] = {}
@@ -33,7 +36,7 @@ def fake_result(tmp_path: Path) -> Path:
     split = {"validation_start": "2020-01-01", "test_start": "2020-01-15", "min_ts": "2019-01-01", "max_ts": "2020-02"}
     result["meta"] = {
         "dataset": "fake",
-        "command": "benchmarks/quality.py --dataset ml-100k --json x.json",
+        "command": "python -m benchmarks.quality --dataset ml-100k --json x.json",
         "comparisons": comparisons,
         "protocols": {
             p: {
@@ -70,7 +73,8 @@ def test_report_writes_markdown_with_every_method_and_intervals_and_both_plots(t
     holm_rows = [line for line in md.splitlines() if line.startswith("| topk_random vs ")]
     assert len(holm_rows) == 2 * 7 * 4 and all(line.count("|") == 9 for line in holm_rows)
     assert tie_rule() and tie_rule() in md
-    assert "python benchmarks/report.py --json" in md
+    assert "python -m benchmarks.report --json" in md
+    assert "python -m benchmarks.quality --dataset ml-100k --json x.json" in md
     for protocol in PROTOCOLS:
         for name in (f"quality_fake_recall_curve_{protocol}.png", f"quality_fake_training_{protocol}.png"):
             assert (tmp_path / name).stat().st_size > 1000

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from benchmarks.seeds import LOGTAIL, format_summary, paired_gap, spread, summarise_seeds, variant_config
+from benchmarks.report import seeds_summary, seeds_table
+from benchmarks.seeds import LOGTAIL, paired_gap, spread, summarise_seeds, variant_config
 from recsys.config import TrainConfig
 
 
@@ -56,5 +57,8 @@ def test_summary_pairs_each_topk_variant_with_the_others_once() -> None:
     assert set(summary["gaps"]) == {"topk_random vs full", f"{LOGTAIL} vs full", f"{LOGTAIL} vs topk_random"}
     assert summary["gaps"]["topk_random vs full"]["relative"] == pytest.approx([0.44 / 0.46 - 1, 0.0])
     assert summary["variants"]["full"]["recall@100"]["mean"] == pytest.approx(0.455)
-    table = format_summary(summary, [1, 2])
+    table = seeds_table(summary, [1, 2])
     assert "| topk_random vs full | -4.3%, +0.0% |" in table
+    words = "\n".join(seeds_summary(summary))
+    assert "Highest mean test Recall@100 over the seeds: full (0.4550)" in words
+    assert "- topk_random against full: ahead in 0 of 2 seeds, mean gap -2.2%" in words

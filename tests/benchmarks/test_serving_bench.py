@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.serving import (
+from benchmarks.serving_load import (
     K,
     _check,
     _read_response,
@@ -110,7 +110,7 @@ def test_serving_benchmark_end_to_end(tmp_path: Path, monkeypatch: pytest.Monkey
     ]
     assert all(isinstance(t["holds"], bool) for t in result["targets"])
     assert result["machine"]["nproc"] >= 1 and len(result["machine"]["load_average_after"]) == 3
-    assert "benchmarks/serving.py" in result["command"] and "--videos 5000" in result["command"]
+    assert "python -m benchmarks.serving_load" in result["command"] and "--videos 5000" in result["command"]
 
     # The bundle is cached by size and settings: found again for the same ones, not for another seed.
     assert cached_bundle(bundle_dir(work.resolve(), 5000, 32), 5000, 32, 0) is not None

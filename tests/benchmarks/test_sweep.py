@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.quality import prepare_movielens
-from benchmarks.sweep import format_rows, main, parse_args, parse_point
+from benchmarks.datasets import prepare_movielens
+from benchmarks.report import sweep_summary, sweep_table
+from benchmarks.sweep import main, parse_args, parse_point
 
 ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k.zip"
 
@@ -39,8 +40,12 @@ def test_rows_table_shows_best_and_curve() -> None:
             "curve": [0.41, 0.47, 0.46],
         }
     ]
-    table = format_rows(rows)
+    table = sweep_table(rows)
     assert '`{"hidden": []}` | 0.4700 | 2 / 3 | 0.410 0.470 0.460 |' in table
+    rows.append({"point": {"hidden": [8]}, "validation": {"recall@100": 0.5}, "best_epoch": 4, "epochs_run": 4})
+    words = "\n".join(sweep_summary(rows))
+    assert 'Best point by validation Recall@100: `{"hidden": [8]}`, 0.5000 at epoch 4 of 4' in words
+    assert 'still improving): `{"hidden": [8]}`.' in words
 
 
 @pytest.mark.slow

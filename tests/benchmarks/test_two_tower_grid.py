@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks.quality import METRIC_KEYS, apply_point, grid_points, tune_loss
+from benchmarks.schema import METRIC_KEYS
+from benchmarks.two_tower import apply_point, grid_points, tune_loss
 from pipelines.pipeline import run_pipeline
 from pipelines.sources import resolve_inputs
 from pipelines.synthetic import generate
@@ -67,7 +68,8 @@ def test_tune_loss_keeps_the_point_with_the_best_validation_recall(tiny_examples
 
 
 def test_tower_widths_parses_depth_zero_and_refuses_junk() -> None:
-    from benchmarks.quality import parse_args, with_tower
+    from benchmarks.quality import parse_args
+    from benchmarks.two_tower import with_tower
     from recsys.config import parse_widths
 
     assert parse_widths("") == []
@@ -81,7 +83,9 @@ def test_tower_widths_parses_depth_zero_and_refuses_junk() -> None:
 
 
 def test_default_towers_and_the_example_cap_flag() -> None:
-    from benchmarks.quality import TOWER_NOTE, model_configs, parse_args, pipeline_config
+    from benchmarks.datasets import pipeline_config
+    from benchmarks.quality import parse_args
+    from benchmarks.two_tower import TOWER_NOTE, model_configs
 
     # The towers TOWER_NOTE's validation sweep chose: depth 0 for MovieLens, one hidden layer for synthetic.
     ml, _ = model_configs("movielens", None, budget=False)

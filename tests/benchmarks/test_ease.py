@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys import ease
-from recsys.ease import DEFAULT_LAMBDAS, choose_lambda, ease_scorer, ease_scores, fit_ease, history_matrix
+from benchmarks import baselines
+from benchmarks.baselines import EASE_GRID, binary_history_matrix, choose_lambda, ease_scorer, ease_scores, fit_ease
 from recsys.metrics import label_ranks
 
 TINY = np.array(
@@ -53,7 +53,7 @@ def test_fit_ease_matches_the_direct_formula(lam: float) -> None:
 
 def test_fit_ease_matches_across_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     # Blocks of 3 columns over 20 items: every block edge of the Gram build and the in-place mirroring is crossed.
-    monkeypatch.setattr(ease, "_BLOCK", 3)
+    monkeypatch.setattr(baselines, "_EASE_BLOCK", 3)
     rng = np.random.default_rng(2)
     X = (rng.random((60, 20)) < 0.2).astype(np.float64)
     B = fit_ease(sp.csr_matrix(X), 4.0)
@@ -97,17 +97,17 @@ def test_ease_scores_equal_the_dense_product_with_repeats_counted_once() -> None
     assert scores.shape == (4, 4)
     assert scores.dtype == np.float32
     np.testing.assert_allclose(scores, x @ B.astype(np.float64), rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(history_matrix(history, 4).toarray(), x)
+    np.testing.assert_array_equal(binary_history_matrix(history, 4).toarray(), x)
     np.testing.assert_allclose(ease_scorer(B, history)(np.array([3, 1])), scores[[3, 1]])
 
 
 def test_history_matrix_rejects_ids_outside_the_catalogue() -> None:
     with pytest.raises(ValueError, match="outside the catalogue"):
-        history_matrix(np.array([[0, 4]]), 4)
+        binary_history_matrix(np.array([[0, 4]]), 4)
     with pytest.raises(ValueError, match="padding"):
-        history_matrix(np.array([[0, -2]]), 4)
+        binary_history_matrix(np.array([[0, -2]]), 4)
     with pytest.raises(ValueError, match="padded"):
-        history_matrix(np.array([0, 1]), 4)
+        binary_history_matrix(np.array([0, 1]), 4)
     with pytest.raises(ValueError, match="square"):
         ease_scores(np.zeros((3, 4), dtype=np.float32), np.array([[0, 1]]))
 
@@ -167,6 +167,6 @@ def test_choose_lambda_passes_exclude_through_and_defaults_to_recall_at_100() ->
     # Excluding the history can only move the label up (other history items no longer outrank it).
     _, excluded = choose_lambda(X, history, labels, grid=(5.0,), exclude=history, metric="map")
     assert excluded[5.0]["map"] >= table[5.0]["map"]
-    assert DEFAULT_LAMBDAS == (10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0)
+    assert EASE_GRID == (10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0)
     with pytest.raises(KeyError, match="recall@20"):
         choose_lambda(X, history, labels, metric="recall@20")

@@ -1,9 +1,9 @@
 """Serving benchmark: the candidate service over real HTTP and Redis against its in-process core, in one run.
 
-    python benchmarks/serving.py --videos 1000000 --json benchmarks/results/serving.json
+    python -m benchmarks.serving_load --videos 1000000 --json benchmarks/results/serving/serving.json
 
 1. A synthetic bundle (cached under ``--workdir`` by size and settings): ``--videos`` x ``--dim`` output
-   embeddings around 1,000 topic centres (benchmarks/index.py's recipe, scaled by EMBEDDING_SCALE), a user tower
+   embeddings around 1,000 topic centres (benchmarks.index's recipe, scaled by EMBEDDING_SCALE), a user tower
    of the default shape (1024-512-256) with constructed, untrained weights (``topical_tower``: u is a projection
    of the mean embedding of the user's history), and the default index for the size (``IVF{4 sqrt(n)},Flat``
    from 50k), tuned by export to recall@100 0.95 on random mixtures of embedding rows. Latency does not depend on
@@ -38,7 +38,6 @@ import math
 import os
 import platform
 import secrets
-import shlex
 import shutil
 import signal
 import socket
@@ -55,11 +54,9 @@ from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as `python benchmarks/<name>.py`: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.output import command_line, emit_json
 
-from benchmarks.output import emit_json
-
+REPO = Path(__file__).resolve().parents[1]  # the load generator runs as `python -m` from here
 K = 100
 TOPICS = 1000
 MAX_HISTORY = 50  # the pipeline's defaults: watches and search tokens the tower reads
@@ -69,12 +66,12 @@ EVENTS_PER_REQUEST = 1000  # ServeConfig.max_items
 TARGET_P99_MS_C16 = 25.0
 TARGET_RPS_C16 = 300.0
 TARGET_HTTP_OVER_RAW = 0.5
-# The catalogue follows benchmarks/index.py's clustered data (unit topic centres, noise of norm 0.6, bias of sd
+# The catalogue follows benchmarks.index's clustered data (unit topic centres, noise of norm 0.6, bias of sd
 # 0.1), scaled by 3. export tunes nprobe on random mixtures of 1-8 embedding rows (there are no held-out users
 # here); at norm ~1 such a mixture's topical scores (~1/parts) are no larger than the bias spread, its true top-100
 # is mostly high-bias videos scattered over every IVF list, and tuning ends at nprobe 512 of 894 lists at 50k.
 # Scaled by 3 (trained tables score in logits of a few units) it needs nprobe 16 of 894, like the trained 100k
-# bundle of benchmarks/results/index.json (nprobe 16 of 1267).
+# bundle of benchmarks/results/index/index.json (nprobe 16 of 1267).
 EMBEDDING_SCALE = 3.0
 NOISE = 0.6
 BIAS_SD = 0.1
@@ -233,7 +230,7 @@ def build_bundle(workdir: Path, n: int, dim: int, seed: int) -> tuple[Path, bool
         extra_config={"benchmark": {**SYNTHETIC, "seed": seed}},
         index_spec="auto",
         target_recall=0.95,
-        where="benchmarks/serving.py",
+        where="benchmarks.serving_load",
     )
     np.save(topics_file(bundles), topic)
     index = json.loads((path / "manifest.json").read_text())["index"]
@@ -590,8 +587,8 @@ def run_loadgen(plan: dict[str, Any], workdir: Path) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         plan_path, out_path = Path(tmp) / "plan.json", Path(tmp) / "result.json"
         plan_path.write_text(json.dumps(plan))
-        command = [sys.executable, str(Path(__file__).resolve()), "--loadgen", str(plan_path), str(out_path)]
-        subprocess.run(command, check=True)
+        command = [sys.executable, "-m", "benchmarks.serving_load", "--loadgen", str(plan_path), str(out_path)]
+        subprocess.run(command, check=True, cwd=REPO)
         result: list[dict[str, Any]] = json.loads(out_path.read_text())
         return result
 
@@ -876,7 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "total": round(time.perf_counter() - started, 1),
         },
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", "benchmarks/serving.py", *argv]),
+        "command": command_line("benchmarks.serving_load", argv),
     }
     emit_json(result, args.json)
     print(report(result))

@@ -1,0 +1,1 @@
+"""Reproducible benchmarks of the recommender: run each from the repository root as `python -m benchmarks.<name>`."""

@@ -1,0 +1,339 @@
+"""One protocol of the quality benchmark: every method trained or fitted on its examples and ranked on its test split.
+
+The main mode (`run_protocol`): each two-tower loss tuned on validation, popularity, and ALS, BPR and EASE fitted on
+the training window and picked on validation. Budget mode (`run_budget_protocol`): the sampled losses at an equal
+wall-clock budget each, and popularity. Both score on test over the full catalogue and check the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+import tensorflow as tf
+
+from benchmarks.baselines import (
+    ALS_GRID,
+    BPR_GRID,
+    BPR_NOTE,
+    EASE_GRID,
+    AlsParams,
+    BprParams,
+    GridResult,
+    als_scorer,
+    bpr_scorer,
+    choose_lambda,
+    ease_scorer,
+    fit_als,
+    fit_bpr,
+    fit_ease,
+    grid,
+    grid_search,
+    interaction_matrix,
+)
+from benchmarks.datasets import Prepared, user_groups, user_rows
+from benchmarks.output import log
+from benchmarks.schema import METRIC_KEYS
+from benchmarks.targets import check_targets
+from benchmarks.topics import planted_share
+from benchmarks.two_tower import score_chunk, train_for_budget, tune_loss, two_tower_scorer
+from pipelines.transform import leave_last_out_window_end, to_us
+from recsys.config import ModelConfig, TrainConfig, with_overrides
+from recsys.features import FeatureSpace
+from recsys.metrics import Scorer, dot_scorer, label_ranks, metrics_from_ranks, popularity_scorer
+from recsys.schemas import OOV_INDEX, TIMESTAMP
+from training.data import Batch, ExampleSet, to_batch
+from training.evaluate import evaluate_run
+
+
+@dataclass
+class ProtocolRun:
+    """What one protocol produced: test metrics and ranks per method, and its meta."""
+
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    ranks: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    groups: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # each test example's user
+
+
+def training_window(
+    events: pa.Table, protocol: str, split: dict[str, Any], features: FeatureSpace
+) -> tuple[pa.Array, sp.csr_matrix]:
+    """Distinct users and their (user x video index) watch counts in the training window, OOV videos dropped."""
+    valid = pc.and_(pc.is_valid(events["user_id"]), pc.is_valid(events["video_id"]))
+    events = events.filter(valid)
+    ts = events["ts"].cast(TIMESTAMP).cast(pa.int64()).to_numpy()
+    if protocol == "time_split":
+        keep = ts < to_us(datetime.fromisoformat(split["validation_start"]))
+    else:  # strictly before the user's validation label (the test label for a user without one)
+        keep = ts < leave_last_out_window_end(events["user_id"], ts)
+    window = events.filter(pa.array(keep))
+    users = pc.dictionary_encode(window["user_id"].combine_chunks())
+    items = features.videos.lookup(window["video_id"]).to_numpy()
+    rows = users.indices.to_numpy(zero_copy_only=False)
+    matrix = interaction_matrix(rows, items, len(users.dictionary), len(features.videos))
+    return users.dictionary, matrix
+
+
+def run_baselines(
+    prepared: Prepared,
+    protocol: str,
+    data: ExampleSet,
+    validation: Batch,
+    validation_users: pa.ChunkedArray,
+    test: Batch,
+    test_users: pa.ChunkedArray,
+    exclude: np.ndarray | None,
+    chunk: int,
+    seed: int,
+    share: Callable[[Scorer], float] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """ALS (fold-in), BPR (learned user factors) and EASE (history) picked on validation, then ranked on test.
+
+    With `share` (synthetic data), meta["topic_share@100"] holds share(test scorer) of each of them.
+    """
+    split = prepared.pipeline[protocol]["split"]
+    dictionary, matrix = training_window(prepared.events, protocol, split, data.features)
+    log(f"{protocol}: ALS/BPR training window: {matrix.shape[0]} users, {matrix.nnz} (user, video) pairs")
+    ranks: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {"training_users": matrix.shape[0], "training_pairs": int(matrix.nnz)}
+    shares: dict[str, float] = {}
+
+    def record(
+        name: str, label: str, search: GridResult, axes: dict[str, Any], scorer: Scorer, t0: float
+    ) -> dict[str, Any]:
+        """Rank test with the chosen point's scorer; the method's meta entry (grid, choice, every point)."""
+        ranks[name] = label_ranks(scorer, test["label"], exclude, chunk)
+        if share is not None:
+            shares[name] = share(scorer)
+        log(
+            f"{protocol}: {label} chose {search.chosen['params']} "
+            f"(validation recall@100 {search.chosen['validation']['recall@100']:.4f})"
+        )
+        return {
+            "grid": axes,
+            "chosen": search.chosen["params"],
+            "chosen_validation": search.chosen["validation"],
+            "fit_s": search.chosen["fit_s"],
+            "grid_s": round(time.perf_counter() - t0, 2),
+            "points": search.points,
+        }
+
+    t0 = time.perf_counter()
+    als = grid_search(
+        grid(AlsParams, **ALS_GRID),
+        lambda p: fit_als(matrix, p, seed=seed),
+        lambda m: als_scorer(m, validation["history"]),
+        validation["label"],
+        chunk=chunk,
+    )
+    meta["als"] = record("als", "ALS", als, ALS_GRID, als_scorer(als.model, test["history"]), t0) | {
+        "scoring": "fold-in: closed-form least squares on each example's own history (implicit recalculate_user)",
+    }
+
+    t0 = time.perf_counter()
+    val_rows = user_rows(validation_users, dictionary)
+    bpr = grid_search(
+        grid(BprParams, **BPR_GRID),
+        lambda p: fit_bpr(matrix, p, seed=seed),
+        lambda m: bpr_scorer(m, val_rows),
+        validation["label"],
+        chunk=chunk,
+    )
+    test_rows = user_rows(test_users, dictionary)
+    meta["bpr"] = record("bpr", "BPR", bpr, BPR_GRID, bpr_scorer(bpr.model, test_rows), t0) | {
+        "scoring": BPR_NOTE,
+        "test_examples_without_user_factors": int((test_rows < 0).sum()),
+    }
+    ease_ranks, meta["ease"] = run_ease(matrix, validation, test, exclude, chunk, share)
+    ranks["ease"] = ease_ranks
+    if share is not None:
+        shares["ease"] = meta["ease"].pop("topic_share@100")
+        meta["topic_share@100"] = shares
+    log(
+        f"{protocol}: EASE chose lambda={meta['ease']['chosen']['lambda']} (validation recall@100 "
+        f"{meta['ease']['chosen_validation']['recall@100']:.4f})"
+    )
+    return ranks, meta
+
+
+def run_ease(
+    matrix: sp.csr_matrix,
+    validation: Batch,
+    test: Batch,
+    exclude: np.ndarray | None,
+    chunk: int,
+    share: Callable[[Scorer], float] | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """EASE on the ALS training matrix: lambda chosen on validation, test ranked from each example's own history."""
+    t0 = time.perf_counter()
+    lam, table = choose_lambda(matrix, validation["history"], validation["label"], grid=EASE_GRID, chunk=chunk)
+    grid_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    weights = fit_ease(matrix, lam)
+    fit_s = time.perf_counter() - t0
+    scorer = ease_scorer(weights, test["history"])
+    ranks = label_ranks(scorer, test["label"], exclude, chunk)
+    meta: dict[str, Any] = {
+        "grid": {"lambda": list(EASE_GRID)},
+        "chosen": {"lambda": lam},
+        "chosen_validation": table[lam],
+        "fit_s": round(fit_s, 3),
+        "grid_s": round(grid_s, 2),
+        "points": [{"params": {"lambda": k}, "validation": v} for k, v in table.items()],
+        "training_matrix": "the ALS/BPR training-window matrix, binarised",
+        "scoring": "x . B with x the example's own (padded) history, binary; no exclusion unless --exclude-history",
+    }
+    if share is not None:
+        meta["topic_share@100"] = share(scorer)
+    return ranks, meta
+
+
+def run_protocol(
+    prepared: Prepared,
+    protocol: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    work: Path,
+    args: argparse.Namespace,
+) -> ProtocolRun:
+    """Every method of the main mode on one protocol's examples."""
+    examples = prepared.examples[protocol]
+    data = ExampleSet.open(examples)
+    n = data.sizes.videos
+    chunk = score_chunk(n)
+    test_table = data.read("test")
+    # The same validation examples the two-tower's early stopping scores (train() reads the first eval_max_examples).
+    val_table = data.read("validation", train_cfg.eval_max_examples)
+    test = to_batch(test_table, data.max_history, data.max_tokens)
+    validation = to_batch(val_table, data.max_history, data.max_tokens)
+    exclude = test["history"] if args.exclude_history else None
+    out = ProtocolRun()
+    out.groups = user_groups(test_table["user_id"])
+    out.meta = {
+        "videos": n,
+        "examples": {"train": data.count("train"), "validation": data.count("validation"), "test": len(test["label"])},
+        "validation_scored": len(validation["label"]),
+        "test_oov_labels": int((test["label"] == OOV_INDEX).sum()),
+        "pipeline": prepared.pipeline[protocol],
+        "losses": {},
+    }
+    log(f"{protocol}: {out.meta['examples']} examples, {n} videos in the vocabulary")
+    share = planted_share(prepared, data, test_table, exclude, chunk)
+    if share is not None:
+        out.meta["topic_share@100"] = {}
+
+    axes = args.two_tower_grid
+    for loss in args.losses:
+        runs_dir = work / "runs" / f"{prepared.name}-{protocol}" / loss
+        shutil.rmtree(runs_dir, ignore_errors=True)
+        loss_cfg = with_overrides(train_cfg, loss=loss)
+        run_dir, entry, report = tune_loss(examples, runs_dir, model_cfg, loss_cfg, axes, args)
+        scorer = two_tower_scorer(run_dir, test)
+        out.ranks[loss] = label_ranks(scorer, test["label"], exclude, chunk)
+        if share is not None:
+            out.meta["topic_share@100"][loss] = share(scorer)
+        mine = metrics_from_ranks(out.ranks[loss])
+        if len(test["label"]) * n <= 5e8:  # cross-check against the project's own evaluation of the run
+            official = evaluate_run(run_dir, "test", exclude_history=args.exclude_history)["model"]
+            entry["evaluate_run_agrees"] = all(abs(official[k] - mine[k]) < 1e-9 for k in METRIC_KEYS)
+        out.meta["losses"][loss] = entry
+        out.meta.setdefault("validation_popularity", {k: report["validation_popularity"][k] for k in METRIC_KEYS})
+        log(
+            f"{protocol}: {loss}: chose {entry['chosen']} (validation recall@100 "
+            f"{entry['validation_best']['recall@100']:.4f}) from {len(entry['points'])} points in "
+            f"{entry['grid_s']:.0f} s, test recall@100 {mine['recall@100']:.4f}"
+        )
+
+    popularity = popularity_scorer(data.label_counts())
+    out.ranks["popularity"] = label_ranks(popularity, test["label"], exclude, chunk)
+    if share is not None:
+        out.meta["topic_share@100"]["popularity"] = share(popularity)
+    if not args.skip_baselines:
+        ranks, meta = run_baselines(
+            prepared,
+            protocol,
+            data,
+            validation,
+            val_table["user_id"],
+            test,
+            test_table["user_id"],
+            exclude,
+            chunk,
+            args.seed,
+            share,
+        )
+        out.ranks |= ranks
+        if share is not None:
+            out.meta["topic_share@100"] |= meta.pop("topic_share@100")
+        out.meta |= meta
+    out.metrics = {m: metrics_from_ranks(r) for m, r in out.ranks.items()}
+    out.meta["checks"] = check_targets(out.metrics, out.ranks, out.groups)
+    return out
+
+
+def run_budget_protocol(
+    prepared: Prepared,
+    protocol: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    args: argparse.Namespace,
+) -> ProtocolRun:
+    """The sampled losses at an equal wall-clock budget each, plus popularity and the planted-topic shares."""
+    examples = prepared.examples[protocol]
+    data = ExampleSet.open(examples)
+    n = data.sizes.videos
+    chunk = score_chunk(n)
+    test_table = data.read("test")
+    if args.max_test_examples and test_table.num_rows > args.max_test_examples:
+        pick = np.sort(np.random.default_rng(args.seed).choice(test_table.num_rows, args.max_test_examples, False))
+        test_table = test_table.take(pa.array(pick))
+    test = to_batch(test_table, data.max_history, data.max_tokens)
+    exclude = test["history"] if args.exclude_history else None
+    planted = planted_share(prepared, data, test_table, exclude, chunk)
+    out = ProtocolRun()
+    out.meta = {
+        "videos": n,
+        "examples": {"train": data.count("train"), "validation": data.count("validation"), "test": len(test["label"])},
+        "test_subset_of": data.count("test"),
+        "budget_seconds": args.budget_seconds,
+        "pipeline": prepared.pipeline[protocol],
+        "losses": {},
+        "topic_share@100": {},
+    }
+    log(f"{protocol}: {out.meta['examples']} examples, {n} videos in the vocabulary")
+
+    def share(scorer: Scorer) -> float | None:
+        return planted(scorer) if planted is not None else None
+
+    for loss in args.losses:
+        trainer, info = train_for_budget(examples, model_cfg, with_overrides(train_cfg, loss=loss), args.budget_seconds)
+        layer = trainer.model.output_layer
+        bias = layer.bias.numpy() if layer.bias is not None else None
+        scorer = dot_scorer(trainer.user_vectors(test), layer.table.numpy(), bias)
+        out.ranks[loss] = label_ranks(scorer, test["label"], exclude, chunk)
+        out.meta["losses"][loss] = info
+        out.meta["topic_share@100"][loss] = share(scorer)
+        log(
+            f"{protocol}: {loss}: {info['steps']} steps ({info['epochs']} epochs) in {info['train_s']} s, "
+            f"test recall@100 {metrics_from_ranks(out.ranks[loss])['recall@100']:.4f}"
+        )
+        del trainer
+        tf.keras.backend.clear_session()
+    popularity = popularity_scorer(data.label_counts())
+    out.ranks["popularity"] = label_ranks(popularity, test["label"], exclude, chunk)
+    out.meta["topic_share@100"]["popularity"] = share(popularity)
+    out.groups = user_groups(test_table["user_id"])
+    out.metrics = {m: metrics_from_ranks(r) for m, r in out.ranks.items()}
+    out.meta["checks"] = check_targets(out.metrics, out.ranks, out.groups)
+    return out

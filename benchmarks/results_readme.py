@@ -1,0 +1,403 @@
+"""The index of the committed results, benchmarks/results/README.md, generated from the result JSON files.
+
+    python -m benchmarks.results_readme            # rewrite benchmarks/results/README.md
+    python -m benchmarks.results_readme --check    # exit 1 when the committed index differs from the generated one
+
+Each committed result is listed here once, with the command that reproduces it today (RESULTS); the headline
+numbers are read from its JSON, so the index cannot drift from the files. `benchmarks/results/<benchmark>/` holds
+the current figures (those README.md and benchmarks/README.md cite); `benchmarks/results/history/` holds runs that a
+later configuration superseded, kept for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.schema import PROTOCOL_NAMES
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+README = RESULTS_DIR / "README.md"
+PREFIX = "benchmarks/results/"  # how the commands and the docs name a result file (from the repository root)
+# Recorded options that do not change the figures, so they may differ between the recorded and today's command.
+IGNORED_OPTIONS = ("--json", "--workdir")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One committed result: its JSON (relative to results/), what it is, and the command that reproduces it today."""
+
+    path: str
+    about: str
+    command: str
+
+    @property
+    def benchmark(self) -> str:
+        """The benchmark that wrote it (the folder under results/, or under results/history/)."""
+        parts = Path(self.path).parts
+        return parts[1] if parts[0] == "history" else parts[0]
+
+    @property
+    def history(self) -> bool:
+        """Whether a later configuration superseded it."""
+        return Path(self.path).parts[0] == "history"
+
+
+def result(module: str, path: str, about: str, *options: str) -> Result:
+    """A result written by `python -m benchmarks.<module> <options> --json benchmarks/results/<path>`."""
+    command = shlex.join(["python", "-m", f"benchmarks.{module}", *options, "--json", PREFIX + path])
+    return Result(path, about, command)
+
+
+_SYNTHETIC_10K = ("--dataset", "synthetic", "--videos", "10000", "--users", "10000", "--events", "500000")
+_SYNTHETIC_1M = ("--dataset", "synthetic", "--videos", "1000000")
+_CAP_20 = ("--max-examples-per-user", "20")  # the synthetic default when the 1M and 6-epoch runs were made
+_SWEEP_CAP_20 = ("--dataset", "synthetic", "--loss", "full", "--pipeline", '{"max_examples_per_user": 20}')
+_ONE_LAYER = ("--hidden", "256", "--video-input-dim", "64")  # the ML-100K tower before the depth-0 default
+_SIX_EPOCHS = (*_SYNTHETIC_10K, "--epochs", "6", *_CAP_20, "--learning-rates", "0.2,0.4", "--protocols", "time_split")
+_TOWER_POINTS = (
+    '{"hidden": [256], "video_input_dim": 64, "learning_rate": 0.2}',
+    '{"hidden": [1024, 512, 256], "video_input_dim": 64, "learning_rate": 0.2}',
+    '{"hidden": [], "video_input_dim": 64, "learning_rate": 0.2}',
+    '{"hidden": [], "video_input_dim": 128, "learning_rate": 0.2}',
+    '{"hidden": [], "video_input_dim": 128}',
+)
+
+RESULTS: tuple[Result, ...] = (
+    result(
+        "pipeline",
+        "pipeline/pipeline.json",
+        "Example pipeline throughput on 10M synthetic events (`make bench-pipeline`).",
+        "--events",
+        "10000000",
+    ),
+    result(
+        "softmax_scaling",
+        "softmax_scaling/softmax_scaling.json",
+        "Training step time of each loss at 10k, 100k and 1M videos (`make bench-softmax`).",
+    ),
+    result(
+        "index",
+        "index/index.json",
+        "Retrieval index on 1M x 256 synthetic embeddings and, with `--bundle`, a 100k-video bundle trained on a "
+        "synthetic log (d 128, loguniform loss, 4 epochs; the bundle is not committed).",
+        *("--videos", "1000000", "--dim", "256", "--bundle", "BUNDLE"),
+    ),
+    result(
+        "serving_load",
+        "serving/serving.json",
+        "`recsys serve` over HTTP and Redis against its in-process engine, 1M videos.",
+        *("--videos", "1000000"),
+    ),
+    result(
+        "quality",
+        "quality/quality_ml100k.json",
+        "ML-100K, both protocols, the current defaults (`make bench-quality`).",
+        *("--dataset", "ml-100k"),
+    ),
+    result(
+        "quality",
+        "quality/quality_synthetic.json",
+        "Synthetic 10k catalogue, time split, the current defaults (`make bench-quality`).",
+        *(*_SYNTHETIC_10K, "--protocols", "time_split"),
+    ),
+    result(
+        "quality",
+        "quality/quality_synthetic_1m_480s.json",
+        "1M videos, the sampled losses at an equal 480 s budget each (budget mode; 20 examples per user, the "
+        "default when it ran).",
+        *(*_SYNTHETIC_1M, "--budget-seconds", "480", "--workdir", "/tmp/q1m", *_CAP_20),
+    ),
+    result(
+        "quality",
+        "quality/quality_synthetic_1m_480s_tail_loguniform.json",
+        "As the 480 s run, top-K-plus-random alone with the log-uniform tail (`--tail-sampler loguniform`).",
+        *(*_SYNTHETIC_1M, "--budget-seconds", "480", "--workdir", "/tmp/q1m", *_CAP_20),
+        *("--losses", "topk_random", "--tail-sampler", "loguniform"),
+    ),
+    result(
+        "quality",
+        "quality/quality_synthetic_1m_195s_only_loguniform.json",
+        "The log-uniform loss alone (`--losses loguniform`) for 195 s: about as many steps as top-K-plus-random "
+        "makes in 480 s.",
+        *(*_SYNTHETIC_1M, "--budget-seconds", "195", "--workdir", "/tmp/q1m", *_CAP_20, "--losses", "loguniform"),
+    ),
+    result(
+        "seeds",
+        "seeds/seeds_ml100k.json",
+        "ML-100K time split, each variant once per training seed (`make bench-quality`).",
+        *("--dataset", "ml-100k", "--seeds", "1,2,3"),
+    ),
+    result(
+        "seeds",
+        "seeds/seeds_synthetic.json",
+        "Synthetic 10k time split, each loss once per training seed (`make bench-quality`).",
+        *("--dataset", "synthetic", "--seeds", "1,2", "--variants", "full,loguniform,topk_random"),
+    ),
+    result(
+        "sweep",
+        "sweep/sweep_ml100k_tower.json",
+        "Validation-only sweep that chose the ML-100K user tower (`make bench-quality`).",
+        *("--dataset", "ml-100k", "--loss", "full"),
+        *(arg for point in _TOWER_POINTS for arg in ("--point", point)),
+    ),
+    result(
+        "sweep",
+        "sweep/sweep_synthetic_epochs.json",
+        "Validation-only sweep behind the synthetic tower and epoch cap (20 examples per user, the default then).",
+        *_SWEEP_CAP_20,
+        *("--point", '{"epochs": 30, "patience": 3}'),
+        *("--point", '{"epochs": 30, "patience": 3, "hidden": [], "video_input_dim": 128}'),
+    ),
+    result(
+        "sweep",
+        "sweep/sweep_synthetic_batch256.json",
+        "Validation-only sweep of batch 256 on the synthetic base of the time (20 examples per user).",
+        *(*_SWEEP_CAP_20, "--point", '{"epochs": 20, "patience": 3, "batch_size": 256}'),
+    ),
+    result(
+        "sweep",
+        "sweep/sweep_synthetic_cap200.json",
+        "Validation-only sweep behind the synthetic cap of 200 examples per user.",
+        *("--dataset", "synthetic", "--loss", "full", "--pipeline", '{"max_examples_per_user": 200}'),
+        *("--point", '{"epochs": 12, "patience": 3}'),
+    ),
+    result(
+        "quality",
+        "history/quality/quality_ml100k_1layer.json",
+        "ML-100K with one hidden layer of 256, the tower before the depth-0 default.",
+        *("--dataset", "ml-100k", *_ONE_LAYER),
+    ),
+    result(
+        "quality",
+        "history/quality/quality_ml100k_1layer_tail_loguniform.json",
+        "As the one-layer run, with top-K-plus-random's log-uniform tail (`--tail-sampler loguniform`).",
+        *("--dataset", "ml-100k", *_ONE_LAYER, "--tail-sampler", "loguniform"),
+    ),
+    result(
+        "seeds",
+        "history/seeds/seeds_ml100k_1layer.json",
+        "Seed spread of the one-layer ML-100K tower at learning rate 0.2.",
+        *("--dataset", "ml-100k", *_ONE_LAYER, "--learning-rate", "0.2", "--seeds", "1,2,3"),
+    ),
+    result(
+        "quality",
+        "history/quality/quality_synthetic_6ep.json",
+        "Synthetic 10k with 6 epochs and 20 examples per user: the undertrained earlier default.",
+        *_SIX_EPOCHS,
+    ),
+    result(
+        "quality",
+        "history/quality/quality_synthetic_6ep_tail_loguniform.json",
+        "As the 6-epoch run, with top-K-plus-random's log-uniform tail (`--tail-sampler loguniform`).",
+        *(*_SIX_EPOCHS, "--tail-sampler", "loguniform"),
+    ),
+    result(
+        "quality",
+        "history/quality/quality_synthetic_1m_90s.json",
+        "The first 1M-video budget run, 90 s per loss (superseded by the 480 s runs).",
+        *(*_SYNTHETIC_1M, "--budget-seconds", "90", *_CAP_20),
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------- headline numbers
+def _pipeline(r: dict[str, Any]) -> list[str]:
+    """Events/s of the pipeline run."""
+    return [
+        f"{r['events']:,} events ({r['users']:,} users, {r['videos']:,} videos, engine {r['engine']}) in "
+        f"{r['seconds']} s: {r['events_per_s']:,} events/s, {r['examples']:,} examples"
+    ]
+
+
+def _softmax_scaling(r: dict[str, Any]) -> list[str]:
+    """Step time of each loss at the largest size and the two ratios."""
+    largest = max((int(n) for steps in r["step_s"].values() for n in steps), default=0)
+    steps = ", ".join(f"{loss} {v[str(largest)] * 1000:.1f}" for loss, v in r["step_s"].items() if str(largest) in v)
+    lines = [f"ms per step at {largest:,} videos: {steps}"]
+    if "speedup_vs_full_at_1m" in r:
+        lines.append(f"top-K-plus-random {r['speedup_vs_full_at_1m']}x faster than full softmax per step")
+    if "topk_random_growth_10k_to_1m" in r:
+        lines.append(
+            f"top-K-plus-random step growth from the smallest to the largest size: {r['topk_random_growth_10k_to_1m']}x"
+        )
+    return lines
+
+
+def _index_line(name: str, r: dict[str, Any]) -> str:
+    """The default index of one data set against exact search."""
+    params = ", ".join(f"{k} {v}" for k, v in r["default_params"].items())
+    return (
+        f"{name}: {r['default_spec']} ({params}): recall@100 {r['default_recall_at_100']}, "
+        f"{r['default_qps_b1']:,} single queries/s against exact search's {r['exact_qps_b1']:,}/s "
+        f"({r['speedup_vs_exact_b1']}x); meets_target {r['meets_target']}"
+    )
+
+
+def _index(r: dict[str, Any]) -> list[str]:
+    """The default index on the synthetic set and, when present, the bundle."""
+    setup = r.get("setup", {})
+    lines = [_index_line(f"synthetic {setup.get('videos', '?'):,} x {setup.get('dim', '?')}", r)]
+    if "bundle" in r:
+        lines.append(_index_line("learned bundle", r["bundle"]))
+    return lines
+
+
+def _serving(r: dict[str, Any]) -> list[str]:
+    """Throughput and latency over HTTP, the raw engine, the targets."""
+    targets = "; ".join(f"{'PASS' if t['holds'] else 'FAIL'} {t['target']} ({t['value']})" for t in r["targets"])
+    return [
+        f"{r['rps_c16']} requests/s at 16 connections (p50 {r['p50_ms_c16']} ms, p99 {r['p99_ms_c16']} ms); "
+        f"p99 {r['p99_ms_c1']} ms at 1 connection",
+        f"raw engine {r['raw_qps']} queries/s at batch 16; HTTP / raw {r['http_over_raw']}; "
+        f"{r['failures']} failed requests",
+        f"targets: {targets}",
+    ]
+
+
+def _quality_result(r: dict[str, Any]) -> list[str]:
+    """Per protocol: each method's test recall@100 (budget mode: and its steps) and the target checks."""
+    meta = r["meta"]
+    lines = []
+    for protocol in (k for k in r if k != "meta"):
+        losses = meta.get("protocols", {}).get(protocol, {}).get("losses", {})
+        cells = []
+        for method, m in r[protocol].items():
+            steps = losses.get(method, {}).get("steps") if "budget" in meta.get("mode", "") else None
+            cells.append(f"{method} {m['recall@100']:.4f}" + (f" ({steps:,} steps)" if steps else ""))
+        checks = meta.get("checks", {}).get(protocol, [])
+        held = sum(bool(c["holds"]) for c in checks)
+        name = PROTOCOL_NAMES.get(protocol, protocol)
+        lines.append(f"{name}, test recall@100: {', '.join(cells)}; target checks holding: {held} of {len(checks)}")
+    return lines
+
+
+def _seeds(r: dict[str, Any]) -> list[str]:
+    """Each variant's test recall@100 over seeds."""
+    variants = r["summary"]["variants"]
+    cells = []
+    for variant, m in variants.items():
+        s = m["recall@100"]
+        cells.append(f"{variant} {s['mean']:.4f}" + (f" ± {s['sd']:.4f}" if s["sd"] is not None else ""))
+    seeds = ", ".join(str(s) for s in r["meta"]["seeds"])
+    return [f"test recall@100, mean ± sd over seeds {seeds}: {', '.join(cells)}"]
+
+
+def _sweep_result(r: dict[str, Any]) -> list[str]:
+    """Each point's best validation recall@100."""
+    return [
+        f"`{json.dumps(p['point'])}`: validation recall@100 {p['validation']['recall@100']:.4f} "
+        f"(epoch {p['best_epoch']} of {p['epochs_run']})"
+        for p in r["points"]
+    ]
+
+
+HEADLINES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "pipeline": _pipeline,
+    "softmax_scaling": _softmax_scaling,
+    "index": _index,
+    "serving": _serving,
+    "quality": _quality_result,
+    "seeds": _seeds,
+    "sweep": _sweep_result,
+}
+
+
+# ---------------------------------------------------------------------------------------------- the index
+def recorded_command(data: dict[str, Any]) -> str | None:
+    """The command line a result JSON recorded when it ran (None for benchmarks that record none)."""
+    meta = data.get("meta")
+    command = meta.get("command") if isinstance(meta, dict) else data.get("command")
+    return command if isinstance(command, str) else None
+
+
+def options(command: str) -> list[tuple[str, str | None]]:
+    """A command line's options as (flag, value) pairs, minus IGNORED_OPTIONS (the program part is dropped).
+
+    Values are compared without quotes and blanks: older results recorded JSON values (--point) unquoted.
+    """
+    tokens = command.replace("'", "").split()
+    pairs: list[tuple[str, str | None]] = []
+    for token in tokens[next((i for i, t in enumerate(tokens) if t.startswith("--")), len(tokens)) :]:
+        if token.startswith("--"):
+            pairs.append((token, None))
+        else:
+            flag, value = pairs[-1]
+            pairs[-1] = (flag, (value or "") + token.replace('"', ""))
+    return [pair for pair in pairs if pair[0] not in IGNORED_OPTIONS]
+
+
+def _files(entry: Result) -> list[str]:
+    """The files of one result: its JSON, its report and ranks (`<stem>.*`) and its plots (`<stem>_<plot>_*.png`)."""
+    json_path = RESULTS_DIR / entry.path
+    stem = json_path.stem
+    plots = tuple(f"{stem}_{plot}_" for plot in ("recall_curve", "training"))
+    return sorted(
+        p.name
+        for p in json_path.parent.iterdir()
+        if p.name.startswith(stem + ".") or (p.suffix == ".png" and p.name.startswith(plots))
+    )
+
+
+def _section(entry: Result) -> list[str]:
+    """One result's entry: heading, what it is, today's command, its files and its headline numbers."""
+    data = json.loads((RESULTS_DIR / entry.path).read_text())
+    files = _files(entry)
+    report = Path(entry.path).with_suffix(".md").as_posix()
+    heading = f"### [{entry.path}]({report})" if Path(report).name in files else f"### {entry.path}"
+    lines = [heading, "", entry.about, "", f"    {entry.command}", ""]
+    lines.append("Files: " + ", ".join(f"`{name}`" for name in files))
+    lines.append("")
+    lines += [f"- {line}" for line in HEADLINES[entry.benchmark](data)]
+    return [*lines, ""]
+
+
+def generate(entries: Sequence[Result] = RESULTS) -> str:
+    """The text of benchmarks/results/README.md."""
+    lines = [
+        "# Benchmark results",
+        "",
+        "<!-- Generated by `python -m benchmarks.results_readme` from the JSON files; do not edit by hand. -->",
+        "",
+        "Every committed result, with the command that reproduces it today (run from the repository root; "
+        "commands, loads and readings in [../README.md](../README.md)) and the headline numbers read from its JSON. "
+        "`<benchmark>/` holds the current figures; `history/` holds runs a later configuration superseded, kept for "
+        "comparison. A quality, seed-spread or sweep report (`.md`) is rebuilt from its JSON, without retraining, by "
+        "`python -m benchmarks.report --json <file>`; where a JSON's recorded `command` predates today's defaults "
+        "or module names, the command here is the one that reproduces it now.",
+        "",
+    ]
+    current = [e for e in entries if not e.history]
+    for benchmark in dict.fromkeys(e.benchmark for e in current):
+        lines += [f"## {benchmark}", ""]
+        for entry in (e for e in current if e.benchmark == benchmark):
+            lines += _section(entry)
+    lines += ["## history (superseded)", ""]
+    for entry in (e for e in entries if e.history):
+        lines += _section(entry)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: write the index, or with --check compare it with the committed one."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 if benchmarks/results/README.md is stale")
+    args = parser.parse_args(argv)
+    text = generate()
+    if args.check:
+        if not README.is_file() or README.read_text() != text:
+            sys.exit(f"{README} is stale: run `python -m benchmarks.results_readme`")
+        print(f"{README} is up to date")
+        return
+    README.write_text(text)
+    print(f"wrote {README}")
+
+
+if __name__ == "__main__":
+    main()
