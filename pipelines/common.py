@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,6 +26,7 @@ from recsys.features import (
     merge_counts,
     tokenize,
 )
+from recsys.publish import publish_file
 from recsys.schemas import EXAMPLES, SEARCH_EVENTS, SPLITS, TIMESTAMP, USER_EVENTS, USERS, WATCH_EVENTS
 
 WATCH_KEYS = [f.name for f in WATCH_EVENTS]
@@ -199,13 +199,9 @@ def user_events(watches: pa.Table, searches: pa.Table, users: pa.Table) -> pa.Ta
 
 
 def write_parquet_atomic(table: pa.Table, path: Path, **options: Any) -> None:
-    """Write a Parquet file under a temporary name and rename it, so a retried task replaces it whole."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """Publish a Parquet file atomically, so a retried task replaces it whole."""
+    with publish_file(path) as partial:
         pq.write_table(table, partial, **options)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def write_example_shards(examples: pa.Table, out: Path, part: int) -> dict[str, int]:

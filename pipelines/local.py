@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import time
@@ -17,12 +18,13 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipelines import common
+import pipelines.common as common
 from pipelines.sources import Inputs, iter_batches, parquet_row_groups
 from pipelines.transform import TransformContext, build_examples, user_hashes
 from pipelines.validate import validate_searches, validate_users, validate_watches
 from recsys.config import PipelineConfig
 from recsys.errors import InputError
+from recsys.logs import progress_enabled
 from recsys.schemas import (
     EXAMPLES,
     QUARANTINE,
@@ -35,6 +37,7 @@ from recsys.schemas import (
     WATCH_REQUIRED,
 )
 
+log = logging.getLogger(__name__)
 KINDS = {"watch": WATCH_EVENTS, "search": SEARCH_EVENTS, "user": USERS}
 _TARGET_PARTITION_BYTES = 48 << 20  # on-disk input per partition; about 10x that in memory while transformed
 
@@ -186,7 +189,7 @@ def _partition_inputs(
     with _pool(workers) as pool:
         results = pool.map(_read_task, [(t, work, partitions) for t in tasks])
         for source, rows, task_reasons, t_lo, t_hi in tqdm(
-            results, total=len(tasks), desc="read+validate", disable=not progress
+            results, total=len(tasks), desc="read+validate", disable=not progress_enabled(progress)
         ):
             rows_in[source] = rows_in.get(source, 0) + rows
             common.merge_reason_counts(reasons, task_reasons)
@@ -265,6 +268,9 @@ def run_local(inputs: Inputs, tmp: Path, cfg: PipelineConfig, progress: bool = T
     work.mkdir(parents=True)
     rows_in, reasons, (lo, hi) = _partition_inputs(inputs, work, partitions, workers, progress)
     timings["read_validate_partition"] = time.perf_counter() - t0
+    log.info(
+        "read+validate: %s rows into %d partitions, %.1fs", rows_in, partitions, timings["read_validate_partition"]
+    )
 
     t1 = time.perf_counter()
     bounds = common.split_boundaries(cfg, lo, hi)
@@ -272,13 +278,17 @@ def run_local(inputs: Inputs, tmp: Path, cfg: PipelineConfig, progress: bool = T
     with _pool(workers) as pool:
         jobs = [(work, p, bounds.validation_start_us, cfg.split) for p in range(partitions)]
         for counts, dup_reasons in tqdm(
-            pool.map(_clean_partition, jobs), total=partitions, desc="dedupe+count", disable=not progress
+            pool.map(_clean_partition, jobs),
+            total=partitions,
+            desc="dedupe+count",
+            disable=not progress_enabled(progress),
         ):
             totals.add(counts)
             common.merge_reason_counts(reasons, dup_reasons)
     features = common.fit_features(totals, cfg)
     features.save(tmp / "vocab")
     timings["dedupe_vocabulary"] = time.perf_counter() - t1
+    log.info("dedupe+count: vocabularies fitted, %.1fs", timings["dedupe_vocabulary"])
 
     t2 = time.perf_counter()
     ctx = common.transform_context(features, bounds, cfg)
@@ -288,7 +298,10 @@ def run_local(inputs: Inputs, tmp: Path, cfg: PipelineConfig, progress: bool = T
     with _pool(workers, ctx) as pool:
         jobs2 = [(work, tmp, p) for p in range(partitions)]
         for counts2 in tqdm(
-            pool.map(_transform_partition, jobs2), total=partitions, desc="examples", disable=not progress
+            pool.map(_transform_partition, jobs2),
+            total=partitions,
+            desc="examples",
+            disable=not progress_enabled(progress),
         ):
             for split, n in counts2.items():
                 examples[split] += n
@@ -296,6 +309,7 @@ def run_local(inputs: Inputs, tmp: Path, cfg: PipelineConfig, progress: bool = T
     for q in sorted([*work.glob("invalid-*.parquet"), *work.glob("quarantine-*.parquet")]):
         q.rename(tmp / "quarantine" / q.name)
     timings["transform_write"] = time.perf_counter() - t2
+    log.info("examples: %s, %.1fs", examples, timings["transform_write"])
     _remove_tree(work)
     timings["total"] = time.perf_counter() - t0
     return common.report("local", cfg, rows_in, reasons, examples, bounds, features, timings) | {

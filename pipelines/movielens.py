@@ -7,9 +7,6 @@ become the users and videos side tables. The zip is read in place: nothing is ex
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from recsys.errors import InputError
+from recsys.publish import Owner, publish_dir
 from recsys.schemas import TIMESTAMP, USERS, VIDEOS, WATCH_EVENTS
 
 LAYOUTS = ("100k", "1m", "latest")
@@ -424,15 +422,18 @@ def read_movielens(zip_path: Path) -> MovieLensTables:
 # --- writing ---------------------------------------------------------------------------------------------
 
 
-def _is_replaceable(out: Path) -> bool:
-    """An existing output may be replaced only if it is empty or a previous write_movielens output."""
-    if not any(out.iterdir()):
-        return True
+def _is_earlier_output(out: Path) -> bool:
+    """Whether a non-empty directory is a previous write_movielens output (the only kind it may replace)."""
     try:
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
+
+
+_EARLIER_OUTPUT = Owner(
+    _is_earlier_output, f"an earlier MovieLens output (no manifest.json with format '{MANIFEST_FORMAT}')"
+)
 
 
 def _iso(value: pa.Scalar) -> str | None:
@@ -449,15 +450,8 @@ def write_movielens(tables: MovieLensTables, out: Path) -> dict[str, int]:
     out = Path(out)
     if tables.layout not in LAYOUTS:
         raise InputError(f"unknown MovieLens layout {tables.layout!r}; expected one of {', '.join(LAYOUTS)}")
-    if out.exists():
-        if not out.is_dir():
-            raise InputError(f"{out}: exists and is not a directory; expected a directory for the MovieLens tables")
-        if not _is_replaceable(out):
-            raise InputError(
-                f"{out}: exists and is not an earlier MovieLens output (no manifest.json with format "
-                f"'{MANIFEST_FORMAT}'); refusing to replace it"
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory; expected a directory for the MovieLens tables")
 
     named = {"events": tables.events, "users": tables.users, "videos": tables.videos}
     present = {name: table for name, table in named.items() if table is not None}
@@ -473,25 +467,8 @@ def write_movielens(tables: MovieLensTables, out: Path) -> dict[str, int]:
         "ts_max": _iso(pc.max(ts)),
     }
 
-    token = uuid.uuid4().hex
-    tmp = out.parent / f".{out.name}.tmp-{token}"
-    tmp.mkdir()  # mkdir (not mkdtemp) so the directory gets the usual umask permissions
-    try:
+    with publish_dir(out, overwrite=True, owner=_EARLIER_OUTPUT) as tmp:
         for name, table in present.items():
             pq.write_table(table, tmp / f"{name}.parquet")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{token}"
-            os.rename(out, old)
-            try:
-                os.rename(tmp, out)
-            except BaseException:
-                os.rename(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return counts

@@ -6,18 +6,32 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipelines.sources import Inputs
-from recsys.atomic import staged_directory
+from pipelines.sources import Inputs, resolve_inputs
 from recsys.config import PipelineConfig
+from recsys.publish import Owner, publish_dir
 
 REPORT_FILE = "report.json"
+# --overwrite replaces only an earlier pipeline output, never, say, a home directory passed by mistake.
+EARLIER_OUTPUT = Owner(lambda out: (out / REPORT_FILE).is_file(), f"an earlier pipeline output (no {REPORT_FILE})")
 
 
 def run_pipeline(
-    inputs: Inputs, out: Path, cfg: PipelineConfig, overwrite: bool = False, progress: bool = True
+    inputs: Inputs | Path | str,
+    out: Path | str,
+    cfg: PipelineConfig | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Build train/validation/test examples, vocabularies, quarantine and report under `out`, atomically."""
-    with staged_directory(out, overwrite=overwrite) as tmp:
+    """Build train/validation/test examples, vocabularies, quarantine and report under `out`, atomically.
+
+    ``inputs`` may be a path, found as ``recsys pipeline --events`` finds it (a file, a directory from
+    ``generate``, a MovieLens zip); ``cfg`` defaults to ``PipelineConfig()``.
+    """
+    if not isinstance(inputs, Inputs):
+        inputs = resolve_inputs(Path(inputs))
+    cfg = cfg if cfg is not None else PipelineConfig()
+    out = Path(out)
+    with publish_dir(out, overwrite=overwrite, owner=EARLIER_OUTPUT) as tmp:
         if cfg.engine == "spark":
             from pipelines.spark import run_spark
 

@@ -37,13 +37,14 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipelines import common
+import pipelines.common as common
 from pipelines.sources import Inputs, check_columns, format_of, iter_batches
 from pipelines.transform import TransformContext, build_examples
 from pipelines.validate import validate_searches, validate_users, validate_watches
 from recsys.config import PipelineConfig
 from recsys.errors import InputError, RecsysError
 from recsys.features import CATEGORICAL_FEATURES, FeatureSpace
+from recsys.logs import progress_enabled
 from recsys.schemas import (
     QUARANTINE,
     SEARCH_EVENTS,
@@ -172,7 +173,7 @@ def spark_session(workers: int = 0, progress: bool = False, memory: str | None =
             .config("spark.sql.shuffle.partitions", str(2 * cores))
             .config("spark.default.parallelism", str(2 * cores))
             .config("spark.ui.enabled", "false")
-            .config("spark.ui.showConsoleProgress", "true" if progress else "false")
+            .config("spark.ui.showConsoleProgress", "true" if progress_enabled(progress) else "false")
             .config("spark.pyspark.python", sys.executable)
             .config("spark.pyspark.driver.python", sys.executable)
             .config("spark.sql.warehouse.dir", str(log_dir / "warehouse"))

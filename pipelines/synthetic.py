@@ -15,6 +15,7 @@ included) gives the same table contents.
 from __future__ import annotations
 
 import json
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,11 +29,13 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from recsys.atomic import staged_directory
 from recsys.config import GeneratorConfig
 from recsys.errors import RecsysError
+from recsys.logs import progress_enabled
+from recsys.publish import publish_dir
 from recsys.schemas import SEARCH_EVENTS, TIMESTAMP, USERS, VIDEOS, WATCH_EVENTS
 
+log = logging.getLogger(__name__)
 GENERATOR_VERSION = "1.0.0"
 START = datetime(2026, 1, 1, tzinfo=UTC)
 _START_S = int(START.timestamp())
@@ -460,7 +463,7 @@ def _videos_table(config: GeneratorConfig, world: _World, first_watch: NDArray[n
 def generate(config: GeneratorConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     """Write a synthetic watch log (events, searches, users, videos, truth, manifest) to `out`, atomically."""
     counts = _event_counts(config)  # validates the config before anything touches the disk
-    with staged_directory(Path(out)) as tmp:
+    with publish_dir(Path(out)) as tmp:
         summary = _generate_into(config, counts, tmp, progress)
     return summary
 
@@ -484,7 +487,9 @@ def _generate_into(config: GeneratorConfig, counts: NDArray[np.int64], tmp: Path
         pq.ParquetWriter(tmp / "events.parquet", WATCH_EVENTS, **options) as events_writer,
         pq.ParquetWriter(tmp / "searches.parquet", SEARCH_EVENTS, **options) as searches_writer,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthetic-writer") as pool,
-        tqdm(total=config.events, unit="ev", unit_scale=True, disable=not progress, desc="generate") as bar,
+        tqdm(
+            total=config.events, unit="ev", unit_scale=True, disable=not progress_enabled(progress), desc="generate"
+        ) as bar,
     ):
 
         def write(chunk: _Chunk) -> None:
@@ -513,6 +518,7 @@ def _generate_into(config: GeneratorConfig, counts: NDArray[np.int64], tmp: Path
             bar.update(done)
     if n_events != config.events:  # an internal invariant, not a user error
         raise AssertionError(f"generated {n_events} events, expected {config.events}")
+    log.info("generate: %d watch events, %d searches, %d sessions", n_events, n_searches, n_sessions)
 
     pq.write_table(_videos_table(config, world, first_watch, window_s), tmp / "videos.parquet", compression="zstd")
     _write_truth(config, world, users, user_ids, tmp / "truth")

@@ -28,7 +28,6 @@ import logging
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,10 +37,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from recsys.atomic import staged_directory
 from recsys.errors import RecsysError
 from recsys.features import VOCAB_FILES, FeatureSpace
 from recsys.index import IndexFileError, VideoIndex, default_spec, mixture_queries
+from recsys.publish import publish_dir, publish_file, publish_json
 
 __all__ = [
     "FORMAT_VERSION",
@@ -158,39 +157,12 @@ def file_checksums(directory: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename inside a directory durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temp file, fsync it and rename it over path."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with tmp.open("w") as fh:
-            fh.write(json.dumps(data, indent=2) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Recompute the checksums of every file in directory and write manifest.json (last, atomically)."""
     out = {k: v for k, v in manifest.items() if k != "files"}
     out["format_version"] = int(manifest.get("format_version", FORMAT_VERSION))
     out["files"] = file_checksums(directory)
-    _write_json_atomic(directory / MANIFEST_FILE, out)
+    publish_json(directory / MANIFEST_FILE, out)
     return out
 
 
@@ -220,14 +192,8 @@ def set_latest(bundles_dir: Path, version: str) -> None:
     """Point BUNDLES_DIR/latest at a published version atomically (temp symlink renamed over the old one)."""
     if not (bundles_dir / version / MANIFEST_FILE).is_file():
         raise BundleError(f"{bundles_dir / version}: not a published bundle")
-    tmp = bundles_dir / f".{LATEST}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with publish_file(bundles_dir / LATEST) as tmp:
         os.symlink(version, tmp)
-        os.replace(tmp, bundles_dir / LATEST)
-    finally:
-        if tmp.is_symlink():
-            tmp.unlink()
-    _fsync_dir(bundles_dir)
 
 
 def latest_version(bundles_dir: Path) -> str | None:
@@ -559,7 +525,7 @@ def index_bundle(
     model_hash = str(source.manifest.get("model_hash", "0" * 8))
     version = new_version(bundles_dir, model_hash, now)
     was_latest = latest_version(bundles_dir) in (None, source.path.name)
-    with staged_directory(bundles_dir / version) as tmp:
+    with publish_dir(bundles_dir / version) as tmp:
         _copy_files(source.path, tmp, skip={INDEX_FILE})
         index.write(tmp / INDEX_FILE)
         manifest = {
@@ -571,7 +537,6 @@ def index_bundle(
         }
         write_manifest(tmp, manifest)
         load_bundle(tmp)  # verify exactly what is about to be published
-    _fsync_dir(bundles_dir)
     if was_latest:
         set_latest(bundles_dir, version)
     return bundles_dir / version

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from recsys.config import Settings, load_settings
 from recsys.errors import RecsysError
+from recsys.logs import configure_logging
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:
@@ -69,8 +70,14 @@ def _root(
         Path | None,
         typer.Option("--config", help="TOML config file (default: $RECSYS_CONFIG or ./recsys.toml)"),
     ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="log warnings and errors only")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log debug lines of the project too")] = False,
 ) -> None:
-    ctx.obj = {"config": config}
+    if quiet and verbose:
+        raise typer.BadParameter("pass at most one of them", param_hint="--quiet / --verbose")
+    verbosity = -1 if quiet else int(verbose)
+    configure_logging(verbosity)
+    ctx.obj = {"config": config, "verbosity": verbosity}
 
 
 def settings_from(ctx: typer.Context) -> Settings:
@@ -78,6 +85,11 @@ def settings_from(ctx: typer.Context) -> Settings:
     root = ctx.find_root()
     config = (root.obj or {}).get("config")
     return load_settings(config)
+
+
+def verbosity_from(ctx: typer.Context) -> int:
+    """The global -q / -v setting a command runs under: -1, 0 or 1."""
+    return int((ctx.find_root().obj or {}).get("verbosity", 0))
 
 
 def _register_layers() -> None:

@@ -27,6 +27,7 @@ import faiss
 import numpy as np
 
 from recsys.errors import RecsysError
+from recsys.publish import publish_file
 from recsys.schemas import OOV_INDEX
 
 __all__ = [
@@ -371,13 +372,6 @@ class VideoIndex:
         )
 
     @classmethod
-    def load(cls, bundle_dir: Path) -> VideoIndex:
-        """The verified index of a model bundle (an exact in-memory Flat index when the bundle has none)."""
-        from recsys.bundle import load_bundle  # bundle.py imports this module
-
-        return cls.from_bundle(load_bundle(bundle_dir))
-
-    @classmethod
     def from_bundle(cls, bundle: Any) -> VideoIndex:
         """A loaded bundle's index, or an exact Flat index over its embeddings when it has none."""
         if bundle.index is not None:
@@ -385,13 +379,9 @@ class VideoIndex:
         return cls.build(bundle.embeddings, bundle.bias, "Flat", video_ids=bundle.video_ids)
 
     def write(self, path: Path) -> None:
-        """Save a CPU copy of the index (temp file + rename, so a crash never leaves a partial file)."""
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        """Save a CPU copy of the index (published atomically, so a crash never leaves a partial file)."""
+        with publish_file(path) as tmp:
             faiss.write_index(_to_cpu(self.index, self.device), str(tmp))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -12,7 +12,6 @@ import contextlib
 import gc
 import hmac
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -25,11 +24,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+import serving.metrics as metrics
 from recsys.bundle import resolve_bundle
 from recsys.config import ServeConfig, load_settings
 from recsys.errors import RecsysError
 from recsys.features import query_tokens, tokenize
-from serving import metrics
+from recsys.logs import configure_from_env
 from serving.batcher import Arrival, MicroBatcher
 from serving.encode import candidates_json, dumps
 from serving.engine import Context, Engine, Result
@@ -579,5 +579,5 @@ def _mount_page(app: FastAPI) -> None:
 
 def app_from_env() -> FastAPI:
     """The app of a uvicorn worker: settings from $RECSYS_CONFIG / ./recsys.toml and RECSYS_* variables."""
-    logging.basicConfig(level=os.environ.get("RECSYS_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    configure_from_env()  # $RECSYS_LOG_LEVEL, which `recsys serve` sets from its -q / -v
     return create_app(load_settings().serve)

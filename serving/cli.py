@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -9,8 +10,9 @@ from typing import Annotated
 
 import typer
 
-from recsys.cli import settings_from
+from recsys.cli import settings_from, verbosity_from
 from recsys.config import CONFIG_ENV, with_overrides
+from recsys.logs import LEVEL_ENV, level_for
 
 
 def register(app: typer.Typer) -> None:
@@ -58,6 +60,9 @@ def serve(
     root_config = (ctx.find_root().obj or {}).get("config")
     if root_config is not None:
         env[CONFIG_ENV] = str(Path(root_config).resolve())
+    verbosity = verbosity_from(ctx)
+    if verbosity or LEVEL_ENV not in os.environ:  # -q / -v win over the variable; workers configure from it
+        env[LEVEL_ENV] = logging.getLevelName(level_for(verbosity))
     if cfg.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recsys-metrics-")
     os.environ.update(env)

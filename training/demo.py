@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ class DemoConfig:
     host: str = "127.0.0.1"
     demo_users: int = 3
     serve_seconds: float | None = None  # None: until interrupted; 0: stop right after the demo queries
-    progress: bool = field(default_factory=lambda: sys.stderr.isatty())
+    progress: bool = True  # bars still appear only on a terminal (recsys.logs.progress_enabled decides)
 
 
 class _Stages:

@@ -11,8 +11,9 @@ import tensorflow as tf
 
 from recsys.config import ModelConfig
 from recsys.errors import InputError
-from recsys.metrics import dot_scorer, label_ranks, metrics_from_ranks, popularity_scorer
+from recsys.metrics import dot_scorer, exclusion_protocol, label_ranks, metrics_from_ranks, popularity_scorer
 from recsys.model import TwoTower, build_model, feature_signature
+from recsys.publish import publish_json
 from recsys.stats import compare, summarise
 from training.data import Batch, ExampleSet, to_batch
 from training.train import BIAS_FILE, EMBEDDINGS_FILE, RUN_FILE
@@ -41,8 +42,11 @@ def user_vectors(model: TwoTower, batch: Batch, chunk: int = 4096) -> np.ndarray
     return np.concatenate(parts) if parts else np.zeros((0, model.tower.config.embedding_dim), np.float32)
 
 
-def evaluate_run(run: Path, split: str = "test", exclude_history: bool = False) -> dict[str, Any]:
-    """Recall@10/50/100, NDCG@10/50/100 and MAP of the run and of popularity, over the whole catalogue."""
+def evaluate_run(run: Path, split: str = "test", exclude_history: bool = True) -> dict[str, Any]:
+    """Recall@10/50/100, NDCG@10/50/100 and MAP of the run and of popularity, over the whole catalogue.
+
+    By default as the service answers: each example's history hidden, so a re-watched label is a miss.
+    """
     data, model = load_run(run)
     batch = to_batch(data.read(split), data.max_history, data.max_tokens)
     if len(batch["label"]) == 0:
@@ -62,11 +66,12 @@ def evaluate_run(run: Path, split: str = "test", exclude_history: bool = False) 
     result = {
         "split": split,
         "exclude_history": exclude_history,
+        "evaluation": exclusion_protocol(exclude_history),
         "videos": int(table.shape[0]),
         "test_users": len(np.unique(users)),
         **{name: metrics_from_ranks(r) for name, r in ranks.items()},
         "ci95": intervals,
         "model_vs_popularity": difference,
     }
-    (run / f"evaluation-{split}.json").write_text(json.dumps(result, indent=2) + "\n")
+    publish_json(run / f"evaluation-{split}.json", result)
     return result

@@ -394,14 +394,14 @@ def test_failed_swap_restores_old_output(zip_1m: Path, tmp_path: Path, monkeypat
     tables = read_movielens(zip_1m)
     out = tmp_path / "out"
     write_movielens(tables, out)
-    real_rename = os.rename
+    real_replace = os.replace
 
-    def failing_rename(src: str | Path, dst: str | Path) -> None:
+    def failing_replace(src: str | Path, dst: str | Path) -> None:
         if ".tmp-" in Path(src).name:
             raise OSError("rename failed")
-        real_rename(src, dst)
+        real_replace(src, dst)
 
-    monkeypatch.setattr(os, "rename", failing_rename)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="rename failed"):
         write_movielens(tables, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ml-1m.zip", "out"]
