@@ -216,15 +216,19 @@ def grid_search(
     labels: np.ndarray,
     chunk: int = 1024,
     metric: str = SELECTION_METRIC,
+    exclude: np.ndarray | None = None,
 ) -> GridResult:
-    """Fit each candidate, rank the validation labels over the full catalogue, keep the best by `metric`."""
+    """Fit each candidate, rank the validation labels over the full catalogue, keep the best by `metric`.
+
+    `exclude` (padded ids, -1 padding) hides videos as `label_ranks` does: the validation histories, as served.
+    """
     points: list[dict[str, Any]] = []
     best_model, best_value, best_point = None, -1.0, None
     for params in candidates:
         t0 = time.perf_counter()
         model = fit(params)
         fit_s = time.perf_counter() - t0
-        metrics = metrics_from_ranks(label_ranks(scorer_for(model), labels, chunk=chunk))
+        metrics = metrics_from_ranks(label_ranks(scorer_for(model), labels, exclude, chunk))
         point = {"params": asdict(params), "fit_s": round(fit_s, 3), "validation": metrics}
         points.append(point)
         if metrics[metric] > best_value:  # ties keep the earlier (smaller) point
@@ -341,7 +345,7 @@ def choose_lambda(
     """The λ of the grid with the best validation `metric` (ties: the larger λ) and every λ's metrics.
 
     Each λ is fitted on X and its validation labels ranked over the full catalogue by `label_ranks`, with `exclude`
-    passed through unchanged (nothing is excluded by default, like every other method).
+    passed through unchanged (the benchmarks pass the validation histories unless --no-exclude-history).
     """
     if not grid:
         raise ValueError("the λ grid is empty")

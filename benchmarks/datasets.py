@@ -71,6 +71,18 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_exclusion_argument(parser: argparse.ArgumentParser) -> None:
+    """The protocol switch every scoring benchmark shares: as served (the default), or unfiltered."""
+    parser.add_argument(
+        "--exclude-history",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hide each example's watched videos (its padded history) from every method, validation and test, as "
+        "the service does, so a re-watched label is a miss; --no-exclude-history ranks them too (the protocol of "
+        "the results committed before this default)",
+    )
+
+
 def check_dataset_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse contradictory dataset options and fill in the synthetic sizes left to their defaults."""
     if args.movielens is not None and args.dataset != "ml-100k":

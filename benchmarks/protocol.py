@@ -97,9 +97,11 @@ def run_baselines(
     chunk: int,
     seed: int,
     share: Callable[[Scorer], float] | None = None,
+    validation_exclude: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """ALS (fold-in), BPR (learned user factors) and EASE (history) picked on validation, then ranked on test.
 
+    `exclude` hides videos on test and `validation_exclude` on validation (as served: each split's own histories).
     With `share` (synthetic data), meta["topic_share@100"] holds share(test scorer) of each of them.
     """
     split = prepared.pipeline[protocol]["split"]
@@ -136,6 +138,7 @@ def run_baselines(
         lambda m: als_scorer(m, validation["history"]),
         validation["label"],
         chunk=chunk,
+        exclude=validation_exclude,
     )
     meta["als"] = record("als", "ALS", als, ALS_GRID, als_scorer(als.model, test["history"]), t0) | {
         "scoring": "fold-in: closed-form least squares on each example's own history (implicit recalculate_user)",
@@ -149,13 +152,14 @@ def run_baselines(
         lambda m: bpr_scorer(m, val_rows),
         validation["label"],
         chunk=chunk,
+        exclude=validation_exclude,
     )
     test_rows = user_rows(test_users, dictionary)
     meta["bpr"] = record("bpr", "BPR", bpr, BPR_GRID, bpr_scorer(bpr.model, test_rows), t0) | {
         "scoring": BPR_NOTE,
         "test_examples_without_user_factors": int((test_rows < 0).sum()),
     }
-    ease_ranks, meta["ease"] = run_ease(matrix, validation, test, exclude, chunk, share)
+    ease_ranks, meta["ease"] = run_ease(matrix, validation, test, exclude, chunk, share, validation_exclude)
     ranks["ease"] = ease_ranks
     if share is not None:
         shares["ease"] = meta["ease"].pop("topic_share@100")
@@ -174,10 +178,13 @@ def run_ease(
     exclude: np.ndarray | None,
     chunk: int,
     share: Callable[[Scorer], float] | None = None,
+    validation_exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """EASE on the ALS training matrix: lambda chosen on validation, test ranked from each example's own history."""
     t0 = time.perf_counter()
-    lam, table = choose_lambda(matrix, validation["history"], validation["label"], grid=EASE_GRID, chunk=chunk)
+    lam, table = choose_lambda(
+        matrix, validation["history"], validation["label"], grid=EASE_GRID, exclude=validation_exclude, chunk=chunk
+    )
     grid_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     weights = fit_ease(matrix, lam)
@@ -192,7 +199,8 @@ def run_ease(
         "grid_s": round(grid_s, 2),
         "points": [{"params": {"lambda": k}, "validation": v} for k, v in table.items()],
         "training_matrix": "the ALS/BPR training-window matrix, binarised",
-        "scoring": "x . B with x the example's own (padded) history, binary; no exclusion unless --exclude-history",
+        "scoring": "x . B with x the example's own (padded) history, binary; "
+        + ("that history hidden (as served)" if exclude is not None else "no exclusion"),
     }
     if share is not None:
         meta["topic_share@100"] = share(scorer)
@@ -218,6 +226,7 @@ def run_protocol(
     test = to_batch(test_table, data.max_history, data.max_tokens)
     validation = to_batch(val_table, data.max_history, data.max_tokens)
     exclude = test["history"] if args.exclude_history else None
+    validation_exclude = validation["history"] if args.exclude_history else None
     out = ProtocolRun()
     out.groups = user_groups(test_table["user_id"])
     out.meta = {
@@ -272,6 +281,7 @@ def run_protocol(
             chunk,
             args.seed,
             share,
+            validation_exclude,
         )
         out.ranks |= ranks
         if share is not None:

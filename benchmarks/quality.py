@@ -20,7 +20,8 @@ Protocols (each one pipeline run over the same raw log):
   history <= 50 watches: the protocol of DeepMatch's published ML-1M figures (recall@50 = hit rate, one target).
 
 Methods, all scored by `recsys.metrics.label_ranks` over the FULL catalogue with exact scores (OOV label = miss,
-index 0 never retrievable, no exclusion unless --exclude-history, which hides the example's history for every method):
+index 0 never retrievable) and, by default, as served: each example's history hidden for every method on validation
+and test, so a re-watched label is a miss (--no-exclude-history: the unfiltered protocol; meta records which):
 - the two-tower model trained with each loss (full, loguniform, inbatch, topk_random): same model, same data, same
   grid (`benchmarks.two_tower.TWO_TOWER_GRID`: the learning rate) searched per loss; every grid point trains up to
   the epoch cap with early stopping on validation recall@100, and the point with the best validation recall@100 (at
@@ -63,7 +64,13 @@ import pyarrow as pa
 import tensorflow as tf
 
 from benchmarks.baselines import BPR_NOTE
-from benchmarks.datasets import BIG_CATALOGUE, add_dataset_arguments, check_dataset_arguments, prepare_dataset
+from benchmarks.datasets import (
+    BIG_CATALOGUE,
+    add_dataset_arguments,
+    add_exclusion_argument,
+    check_dataset_arguments,
+    prepare_dataset,
+)
 from benchmarks.output import command_line, log, ranks_file, write_json
 from benchmarks.protocol import ProtocolRun, run_budget_protocol, run_protocol
 from benchmarks.report import format_deepmatch, format_table, write_report
@@ -71,6 +78,7 @@ from benchmarks.schema import COMPARE_METRICS, LOSSES, METHODS, PROTOCOLS, SAMPL
 from benchmarks.targets import BOOT_SEED, N_BOOT, add_intervals
 from benchmarks.two_tower import TOWER_NOTE, TWO_TOWER_GRID, TWO_TOWER_GRID_NOTE, model_configs, with_tower
 from recsys.config import parse_widths, with_overrides
+from recsys.metrics import exclusion_protocol
 
 BUDGET_SECONDS = 300.0  # the equal wall-clock budget per loss from BIG_CATALOGUE videos, unless --budget-seconds
 
@@ -110,7 +118,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workdir", type=Path, default=None, help="kept and reused (default: a temp dir, removed)")
     parser.add_argument("--protocols", default=None, help="comma-separated subset of " + ",".join(PROTOCOLS))
-    parser.add_argument("--exclude-history", action="store_true", help="hide each example's history, every method")
+    add_exclusion_argument(parser)
     parser.add_argument("--skip-baselines", action="store_true", help="no ALS/BPR/EASE (the JSON then lacks them)")
     parser.add_argument(
         "--budget-seconds",
@@ -190,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         log(f"examples ready for {', '.join(args.protocols)}")
         model_cfg, train_cfg = model_configs(prepared.kind, args.epochs, args.budget)
         model_cfg = with_tower(model_cfg, args.hidden, args.video_input_dim)
-        train_cfg = with_overrides(train_cfg, tail_sampler=args.tail_sampler)  # only top-K-plus-random reads it
+        # The tail sampler only matters to top-K-plus-random; the two-tower's validation follows the protocol.
+        train_cfg = with_overrides(train_cfg, tail_sampler=args.tail_sampler, eval_exclude_history=args.exclude_history)
         args.two_tower_grid = dict(TWO_TOWER_GRID[prepared.kind])
         if args.learning_rates:
             args.two_tower_grid["learning_rate"] = tuple(float(v) for v in args.learning_rates.split(","))
@@ -214,9 +223,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "command": command_line("benchmarks.quality", argv),
         "runtime_s": round(runtime, 1),
         "exclude_history": args.exclude_history,
+        "evaluation": exclusion_protocol(args.exclude_history),
         "metrics": "test split, full catalogue, exact scores, tie-averaged ranks (recsys.metrics.label_ranks)",
         "selection": "two-tower: per loss, the grid point and its best epoch by validation recall@100 (early "
-        "stopping); ALS/BPR/EASE: grid point by validation recall@100; test is scored once, for the chosen point",
+        "stopping); ALS/BPR/EASE: grid point by validation recall@100; validation under the same protocol as test; "
+        "test is scored once, for the chosen point",
         "intervals": f"95% percentile intervals from a bootstrap over test users ({N_BOOT} replicates, seed "
         f"{BOOT_SEED}, recsys.stats.summarise); comparisons: paired user bootstrap (recsys.stats.compare), "
         f"Holm-Bonferroni adjusted over every pair x {', '.join(COMPARE_METRICS)} of a protocol "

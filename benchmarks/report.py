@@ -25,6 +25,7 @@ import numpy as np
 from benchmarks.output import ranks_file
 from benchmarks.schema import COMPARE_METRICS, LOSSES, PROTOCOL_NAMES, SAMPLED_LOSSES
 from benchmarks.targets import COMPARE_BASE
+from recsys.metrics import exclusion_protocol
 
 TABLE_METRICS = (
     ("recall@10", "R@10"),
@@ -185,7 +186,7 @@ def protocols_section(result: dict[str, Any]) -> list[str]:
         "",
         "Every method ranks each test label over the full catalogue with exact scores "
         "(`recsys.metrics.label_ranks`; OOV label = miss; "
-        f"{'history excluded' if meta.get('exclude_history') else 'no history exclusion'}). "
+        f"{exclusion_protocol(bool(meta.get('exclude_history')))}). "
         f"Intervals: {meta.get('intervals', 'n/a')}.",
     ]
     if meta.get("bpr_note"):
@@ -489,6 +490,9 @@ def seeds_markdown(result: dict[str, Any], json_path: Path) -> str:
         "",
         f"Command: `{meta['command']}`",
         "",
+        # Results from before the as-served default record no exclude_history: they were unfiltered.
+        f"Validation and test {exclusion_protocol(bool(meta.get('exclude_history')))}.",
+        "",
         seeds_table(result["summary"], meta["seeds"]),
         "",
         "## Summary",
@@ -540,8 +544,9 @@ def sweep_markdown(result: dict[str, Any], json_path: Path) -> str:
         "",
         f"Command: `{meta['command']}`",
         "",
-        "Validation only (test is never read). Base: the quality benchmark's config of the dataset "
-        "(`benchmarks.two_tower.model_configs`).",
+        "Validation only (test is never read), "
+        f"{exclusion_protocol(bool(meta.get('exclude_history')))}. Base: the quality benchmark's config of the "
+        "dataset (`benchmarks.two_tower.model_configs`).",
         "",
         sweep_table(result["points"]),
         "",

@@ -55,6 +55,11 @@ def result(module: str, path: str, about: str, *options: str) -> Result:
     return Result(path, about, command)
 
 
+def unfiltered(module: str, path: str, about: str, *options: str) -> Result:
+    """A quality, seed or sweep result measured before the as-served default: watched videos were ranked too."""
+    return result(module, path, about, *options, "--no-exclude-history")
+
+
 _SYNTHETIC_10K = ("--dataset", "synthetic", "--videos", "10000", "--users", "10000", "--events", "500000")
 _SYNTHETIC_1M = ("--dataset", "synthetic", "--videos", "1000000")
 _CAP_20 = ("--max-examples-per-user", "20")  # the synthetic default when the 1M and 6-epoch runs were made
@@ -95,59 +100,59 @@ RESULTS: tuple[Result, ...] = (
         "`recsys serve` over HTTP and Redis against its in-process engine, 1M videos.",
         *("--videos", "1000000"),
     ),
-    result(
+    unfiltered(
         "quality",
         "quality/quality_ml100k.json",
         "ML-100K, both protocols, the current defaults (`make bench-quality`).",
         *("--dataset", "ml-100k"),
     ),
-    result(
+    unfiltered(
         "quality",
         "quality/quality_synthetic.json",
         "Synthetic 10k catalogue, time split, the current defaults (`make bench-quality`).",
         *(*_SYNTHETIC_10K, "--protocols", "time_split"),
     ),
-    result(
+    unfiltered(
         "quality",
         "quality/quality_synthetic_1m_480s.json",
         "1M videos, the sampled losses at an equal 480 s budget each (budget mode; 20 examples per user, the "
         "default when it ran).",
         *(*_SYNTHETIC_1M, "--budget-seconds", "480", "--workdir", "/tmp/q1m", *_CAP_20),
     ),
-    result(
+    unfiltered(
         "quality",
         "quality/quality_synthetic_1m_480s_tail_loguniform.json",
         "As the 480 s run, top-K-plus-random alone with the log-uniform tail (`--tail-sampler loguniform`).",
         *(*_SYNTHETIC_1M, "--budget-seconds", "480", "--workdir", "/tmp/q1m", *_CAP_20),
         *("--losses", "topk_random", "--tail-sampler", "loguniform"),
     ),
-    result(
+    unfiltered(
         "quality",
         "quality/quality_synthetic_1m_195s_only_loguniform.json",
         "The log-uniform loss alone (`--losses loguniform`) for 195 s: about as many steps as top-K-plus-random "
         "makes in 480 s.",
         *(*_SYNTHETIC_1M, "--budget-seconds", "195", "--workdir", "/tmp/q1m", *_CAP_20, "--losses", "loguniform"),
     ),
-    result(
+    unfiltered(
         "seeds",
         "seeds/seeds_ml100k.json",
         "ML-100K time split, each variant once per training seed (`make bench-quality`).",
         *("--dataset", "ml-100k", "--seeds", "1,2,3"),
     ),
-    result(
+    unfiltered(
         "seeds",
         "seeds/seeds_synthetic.json",
         "Synthetic 10k time split, each loss once per training seed (`make bench-quality`).",
         *("--dataset", "synthetic", "--seeds", "1,2", "--variants", "full,loguniform,topk_random"),
     ),
-    result(
+    unfiltered(
         "sweep",
         "sweep/sweep_ml100k_tower.json",
         "Validation-only sweep that chose the ML-100K user tower (`make bench-quality`).",
         *("--dataset", "ml-100k", "--loss", "full"),
         *(arg for point in _TOWER_POINTS for arg in ("--point", point)),
     ),
-    result(
+    unfiltered(
         "sweep",
         "sweep/sweep_synthetic_epochs.json",
         "Validation-only sweep behind the synthetic tower and epoch cap (20 examples per user, the default then).",
@@ -155,50 +160,50 @@ RESULTS: tuple[Result, ...] = (
         *("--point", '{"epochs": 30, "patience": 3}'),
         *("--point", '{"epochs": 30, "patience": 3, "hidden": [], "video_input_dim": 128}'),
     ),
-    result(
+    unfiltered(
         "sweep",
         "sweep/sweep_synthetic_batch256.json",
         "Validation-only sweep of batch 256 on the synthetic base of the time (20 examples per user).",
         *(*_SWEEP_CAP_20, "--point", '{"epochs": 20, "patience": 3, "batch_size": 256}'),
     ),
-    result(
+    unfiltered(
         "sweep",
         "sweep/sweep_synthetic_cap200.json",
         "Validation-only sweep behind the synthetic cap of 200 examples per user.",
         *("--dataset", "synthetic", "--loss", "full", "--pipeline", '{"max_examples_per_user": 200}'),
         *("--point", '{"epochs": 12, "patience": 3}'),
     ),
-    result(
+    unfiltered(
         "quality",
         "history/quality/quality_ml100k_1layer.json",
         "ML-100K with one hidden layer of 256, the tower before the depth-0 default.",
         *("--dataset", "ml-100k", *_ONE_LAYER),
     ),
-    result(
+    unfiltered(
         "quality",
         "history/quality/quality_ml100k_1layer_tail_loguniform.json",
         "As the one-layer run, with top-K-plus-random's log-uniform tail (`--tail-sampler loguniform`).",
         *("--dataset", "ml-100k", *_ONE_LAYER, "--tail-sampler", "loguniform"),
     ),
-    result(
+    unfiltered(
         "seeds",
         "history/seeds/seeds_ml100k_1layer.json",
         "Seed spread of the one-layer ML-100K tower at learning rate 0.2.",
         *("--dataset", "ml-100k", *_ONE_LAYER, "--learning-rate", "0.2", "--seeds", "1,2,3"),
     ),
-    result(
+    unfiltered(
         "quality",
         "history/quality/quality_synthetic_6ep.json",
         "Synthetic 10k with 6 epochs and 20 examples per user: the undertrained earlier default.",
         *_SIX_EPOCHS,
     ),
-    result(
+    unfiltered(
         "quality",
         "history/quality/quality_synthetic_6ep_tail_loguniform.json",
         "As the 6-epoch run, with top-K-plus-random's log-uniform tail (`--tail-sampler loguniform`).",
         *(*_SIX_EPOCHS, "--tail-sampler", "loguniform"),
     ),
-    result(
+    unfiltered(
         "quality",
         "history/quality/quality_synthetic_1m_90s.json",
         "The first 1M-video budget run, 90 s per loss (superseded by the 480 s runs).",

@@ -5,7 +5,8 @@
 `benchmarks.quality` trains each loss once, and its intervals are a bootstrap over test users: they capture which
 users were tested, not which initialisation and batch order the run happened to get. Here every variant is trained
 once per seed (`TrainConfig.seed`: initial weights, shuffle order, sampled negatives) on the same examples with the
-same learning rate, epoch cap and early stopping as `benchmarks.quality`, and scored on test over the full catalogue.
+same learning rate, epoch cap and early stopping as `benchmarks.quality`, and scored on test over the full catalogue,
+as served by default (each example's history hidden on validation and test; --no-exclude-history: unfiltered).
 It reports each variant's mean and standard deviation over seeds and, for every (top-K-plus-random variant, other
 variant) pair, the relative Recall@100 gap per seed with a t interval over the seeds (the seeds pair the runs: seed
 s of both).
@@ -27,13 +28,19 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from benchmarks.datasets import Prepared, add_dataset_arguments, check_dataset_arguments, prepare_dataset
+from benchmarks.datasets import (
+    Prepared,
+    add_dataset_arguments,
+    add_exclusion_argument,
+    check_dataset_arguments,
+    prepare_dataset,
+)
 from benchmarks.output import command_line, log, write_json
 from benchmarks.report import write_report
 from benchmarks.schema import METRIC_KEYS
 from benchmarks.two_tower import model_configs, score_chunk, score_two_tower, with_tower
 from recsys.config import ModelConfig, TrainConfig, parse_widths, with_overrides
-from recsys.metrics import metrics_from_ranks
+from recsys.metrics import exclusion_protocol, metrics_from_ranks
 from training.data import ExampleSet, to_batch
 from training.train import train
 
@@ -108,11 +115,13 @@ def run_seeds(
     seeds: Sequence[int],
     work: Path,
     progress: bool,
+    exclude_history: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
     """Train every variant once per seed on one protocol's examples; each run's test metrics and validation best."""
     examples = prepared.examples[protocol]
     data = ExampleSet.open(examples)
     test = to_batch(data.read("test"), data.max_history, data.max_tokens)
+    exclude = test["history"] if exclude_history else None
     chunk = score_chunk(data.sizes.videos)
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for seed in seeds:
@@ -124,7 +133,7 @@ def run_seeds(
             report = train(examples, run_dir, model_cfg, cfg, progress=progress)
             wall = time.perf_counter() - t0
             best = report["epochs"][report["best_epoch"] - 1]
-            metrics = metrics_from_ranks(score_two_tower(run_dir, test, None, chunk))
+            metrics = metrics_from_ranks(score_two_tower(run_dir, test, exclude, chunk))
             results[variant].append(
                 {
                     "seed": seed,
@@ -157,6 +166,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, help="kept and reused (default: a temp dir, removed)")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--progress", action="store_true")
+    add_exclusion_argument(p)
     args = p.parse_args(argv)
     check_dataset_arguments(p, args)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -184,10 +194,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         model_cfg, base = model_configs(prepared.kind, args.epochs, budget=False)
         model_cfg = with_tower(model_cfg, args.hidden, args.video_input_dim)
         # The quality benchmark's base learning rate (0.4) is the one every time-split loss chose in its grid.
-        base = with_overrides(base, learning_rate=args.learning_rate)
+        base = with_overrides(base, learning_rate=args.learning_rate, eval_exclude_history=args.exclude_history)
         lr = base.learning_rate
         log(f"{prepared.name} {args.protocol}: variants {args.variants}, seeds {args.seeds}, learning rate {lr}")
-        results = run_seeds(prepared, args.protocol, model_cfg, base, args.variants, args.seeds, work, args.progress)
+        results = run_seeds(
+            prepared,
+            args.protocol,
+            model_cfg,
+            base,
+            args.variants,
+            args.seeds,
+            work,
+            args.progress,
+            args.exclude_history,
+        )
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -200,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "protocol": args.protocol,
             "command": command_line("benchmarks.seeds", argv),
             "seeds": args.seeds,
+            "exclude_history": args.exclude_history,
+            "evaluation": exclusion_protocol(args.exclude_history),
             "model": model_cfg.model_dump(mode="json"),
             "train": base.model_dump(mode="json", exclude={"loss", "seed"}),
             "runtime_s": round(time.perf_counter() - started, 1),

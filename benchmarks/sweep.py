@@ -7,7 +7,8 @@
 Every point starts from the quality benchmark's base model and training config of the dataset
 (`benchmarks.two_tower.model_configs`: its tower and learning rate included) and overrides the JSON object's keys
 (ModelConfig or TrainConfig fields). Each point trains with early stopping on the time split and reports its
-validation recall@100 per epoch and at its best epoch. This is how the quality benchmark's defaults (TOWER_NOTE,
+validation recall@100 per epoch and at its best epoch (as served unless --no-exclude-history: the training job's
+per-epoch validation, `TrainConfig.eval_exclude_history`). This is how the quality benchmark's defaults (TOWER_NOTE,
 TWO_TOWER_GRID_NOTE in `benchmarks.two_tower`) are chosen; the test split is never read, so the choice cannot leak
 into the reported test figures.
 """
@@ -23,12 +24,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.datasets import add_dataset_arguments, check_dataset_arguments, pipeline_config, prepare_dataset
+from benchmarks.datasets import (
+    add_dataset_arguments,
+    add_exclusion_argument,
+    check_dataset_arguments,
+    pipeline_config,
+    prepare_dataset,
+)
 from benchmarks.output import command_line, log, write_json
 from benchmarks.report import write_report
 from benchmarks.schema import LOSSES, METRIC_KEYS
 from benchmarks.two_tower import apply_point, model_configs
 from recsys.config import with_overrides
+from recsys.metrics import exclusion_protocol
 from training.train import train
 
 HEADLINE = "recall@100"
@@ -60,6 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, help="kept and reused (default: a temp dir, removed)")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--progress", action="store_true")
+    add_exclusion_argument(p)
     args = p.parse_args(argv)
     check_dataset_arguments(p, args)
     try:
@@ -84,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         prepared = prepare_dataset(args, work, ["time_split"], args.pipeline)
         model_cfg, train_cfg = model_configs(prepared.kind, None, budget=False)
-        train_cfg = with_overrides(train_cfg, loss=args.loss)
+        train_cfg = with_overrides(train_cfg, loss=args.loss, eval_exclude_history=args.exclude_history)
         (work / "runs").mkdir(parents=True, exist_ok=True)
         for i, point in enumerate(args.point):
             point_model, point_train = apply_point(model_cfg, train_cfg, point)
@@ -117,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "meta": {
             "dataset": prepared.name,
             "loss": args.loss,
+            "exclude_history": args.exclude_history,
+            "evaluation": exclusion_protocol(args.exclude_history),
             "pipeline": prepared.pipeline["time_split"]["config"],
             "command": command_line("benchmarks.sweep", argv),
             "base_model": model_cfg.model_dump(mode="json"),

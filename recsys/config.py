@@ -133,8 +133,17 @@ class TrainConfig(_Section):
         "to its Adagrad accumulator, so its (1/q)-weighted gradient does not shrink its step by sqrt(q) against "
         "full softmax",
     )
+    mining_prefetch: bool = Field(
+        True,
+        description="top-K-plus-random: search the index for the next batch on a worker thread while the current "
+        "step trains (its user vectors one update older; re-scored with the current table as without prefetch)",
+    )
     checkpoint_every: int = Field(500, ge=1)
     eval_max_examples: int = Field(20_000, ge=1, description="validation examples scored each epoch")
+    eval_exclude_history: bool = Field(
+        True,
+        description="per-epoch validation as served: each example's history hidden, a re-watched label a miss",
+    )
     patience: int = Field(2, ge=1, description="epochs without validation improvement before stopping")
     diagnostics_every: int = Field(500, ge=1)
     shuffle_window: int = Field(200_000, ge=1, description="rows held for shuffling (bounded memory)")

@@ -9,3 +9,7 @@ class RecsysError(Exception):
 
 class InputError(RecsysError):
     """An input file or table is unusable as a whole (missing, empty, wrong format, missing column)."""
+
+
+class ScoreError(RecsysError, ValueError):
+    """A model scored some candidates NaN or +/-inf: a broken model, reported as an error rather than ranked."""

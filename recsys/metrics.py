@@ -6,9 +6,10 @@ Recall@K is then P(rank < K), NDCG@K = 1/log2(rank + 2) when rank < K, and MAP =
 (with a single relevant item, average precision is the reciprocal rank).
 
 Video index 0 is the out-of-vocabulary bucket: it is never retrievable, and an example whose label is OOV (a video
-first seen after the training window) is a miss for every method. So is a label whose score is not a number (a
-broken model must not look perfect), and, when history is excluded, a label the user had already watched: the
-service hides every watched video, so a re-watch is never among its answers.
+first seen after the training window) is a miss for every method. So, when history is excluded (`exclude`, what
+every evaluation passes by default), is a label the user had already watched: the service hides every watched
+video, so a re-watch is never among its answers. A NaN or infinite score anywhere is an error (`ScoreError`),
+never a hit or a miss: a broken model must neither look perfect nor pass as merely weak.
 """
 
 from __future__ import annotations
@@ -17,10 +18,18 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from recsys.errors import ScoreError
 from recsys.schemas import OOV_INDEX
 
 DEFAULT_KS = (10, 50, 100)
 Scorer = Callable[[np.ndarray], np.ndarray]  # rows of examples -> scores [len(rows), n_videos]
+
+
+def exclusion_protocol(exclude_history: bool) -> str:
+    """The words a result records for its protocol, so that as-served and unfiltered figures are never confused."""
+    if exclude_history:
+        return "as served: each example's watched videos (its padded history) hidden, a re-watched label a miss"
+    return "unfiltered: watched videos ranked like any other, a re-watched label can be a hit"
 
 
 def label_ranks(
@@ -32,13 +41,23 @@ def label_ranks(
     """Tie-averaged 0-based rank of each example's label among all videos (excluded videos never outrank).
 
     ``exclude`` [examples, E] (-1 padding) hides videos as the service does; an excluded label is a miss (inf).
+    Raises ScoreError, after scoring every example so that it can count them, if any score is NaN or +/-inf.
     """
     n_examples = len(labels)
     ranks = np.empty(n_examples, dtype=np.float64)
+    broken = broken_label = 0
     for start in range(0, n_examples, chunk):
         rows = np.arange(start, min(start + chunk, n_examples))
         scores = np.asarray(scores_for(rows), dtype=np.float64)
         y = labels[rows]
+        # Checked on the raw scores, before the OOV column and the excluded videos are set to -inf.
+        finite = np.isfinite(scores)
+        bad = ~finite.all(axis=1)
+        if bad.any():
+            broken += int(bad.sum())
+            broken_label += int((~finite[np.arange(len(rows)), y]).sum())
+        if broken:
+            continue  # the call raises below; only the count is still needed
         hidden_label = np.zeros(len(rows), dtype=bool)
         if exclude is not None:
             ids = exclude[rows]
@@ -50,8 +69,13 @@ def label_ranks(
         target = scores[np.arange(len(rows)), y][:, None]
         greater = (scores > target).sum(axis=1)
         equal = (scores == target).sum(axis=1) - 1
-        miss = (y == OOV_INDEX) | hidden_label | np.isnan(target[:, 0])
+        miss = (y == OOV_INDEX) | hidden_label
         ranks[rows] = np.where(miss, np.inf, greater + 0.5 * equal)
+    if broken:
+        raise ScoreError(
+            f"{broken} of {n_examples} examples had NaN or infinite scores ({broken_label} of them at the label): "
+            "the model is broken (diverged training or corrupt weights); non-finite scores are never ranked"
+        )
     return ranks
 
 

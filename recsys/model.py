@@ -8,7 +8,7 @@ embeddings that retrieval indexes. There is no separate item network.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import keras
@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from recsys.config import ModelConfig
+from recsys.sparse_optim import tf_variable
 
 PAD = -1  # padding value of the history and search-token id matrices
 SEQUENCE_FEATURES = ("history", "search_tokens")
@@ -47,8 +48,9 @@ def feature_signature(max_history: int, max_tokens: int) -> dict[str, tf.TensorS
     return spec
 
 
-def masked_mean(table: tf.Variable, ids: tf.Tensor) -> tf.Tensor:
+def masked_mean(table: Any, ids: tf.Tensor) -> tf.Tensor:
     """Average of the embedding rows of the non-padding ids of each row (zeros for an empty row)."""
+    table = table if isinstance(table, tf.Tensor) else tf_variable(table)  # a variable: gather rows, not a copy
     mask = tf.cast(ids >= 0, table.dtype)
     rows = tf.gather(table, tf.maximum(ids, 0))
     total = tf.reduce_sum(rows * mask[..., None], axis=1)
@@ -56,6 +58,7 @@ def masked_mean(table: tf.Variable, ids: tf.Tensor) -> tf.Tensor:
     return total / tf.maximum(count, 1.0)
 
 
+@keras.saving.register_keras_serializable(package="recsys")
 class UserTower(keras.Model):
     """Context features -> user vector u of width embedding_dim."""
 
@@ -88,6 +91,16 @@ class UserTower(keras.Model):
         c = self.config
         return c.video_input_dim + c.token_input_dim + c.category_dim * len(CATEGORY_FEATURES) + _N_NUMERIC
 
+    def get_config(self) -> dict[str, Any]:
+        """The constructor's arguments as plain dicts, so a saved ``.keras`` file can rebuild the tower."""
+        return {**super().get_config(), "sizes": asdict(self.sizes), "config": self.config.model_dump(mode="json")}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> UserTower:
+        """A tower from ``get_config``'s dict (Keras restores the weights afterwards)."""
+        rest = dict(config)
+        return cls(Cardinalities(**rest.pop("sizes")), ModelConfig(**rest.pop("config")), **rest)
+
     def build(self, input_shape: Any = None) -> None:
         """Create the dense layers' weights from the known feature width, so no weight is made lazily."""
         width = self.input_width()
@@ -112,7 +125,7 @@ class UserTower(keras.Model):
         parts = [
             masked_mean(self.video_inputs, features["history"]),
             masked_mean(self.token_inputs, features["search_tokens"]),
-            *(tf.gather(self.category_tables[name], features[name]) for name in CATEGORY_FEATURES),
+            *(tf.gather(tf_variable(self.category_tables[name]), features[name]) for name in CATEGORY_FEATURES),
             numeric,
         ]
         x = tf.concat(parts, axis=1)
@@ -121,6 +134,7 @@ class UserTower(keras.Model):
         return self.projection(x)
 
 
+@keras.saving.register_keras_serializable(package="recsys")
 class OutputEmbedding(keras.layers.Layer):
     """The softmax's output table V [n, d] and optional bias b [n]: the video embeddings after training."""
 
@@ -136,12 +150,22 @@ class OutputEmbedding(keras.layers.Layer):
         )
         self.bias = self.add_weight(shape=(n_videos,), initializer="zeros", name="video_bias") if use_bias else None
 
+    def get_config(self) -> dict[str, Any]:
+        """The constructor's arguments, so a saved ``.keras`` file can rebuild the layer."""
+        return {**super().get_config(), "n_videos": self.n_videos, "dim": self.dim, "use_bias": self.bias is not None}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> OutputEmbedding:
+        """A layer from ``get_config``'s dict (Keras restores the weights afterwards)."""
+        return cls(**config)
+
     def logits(self, u: tf.Tensor) -> tf.Tensor:
         """Full logits [B, n] (the expensive reference path; evaluation chunks it)."""
         out = tf.matmul(u, self.table, transpose_b=True)
         return out + self.bias if self.bias is not None else out
 
 
+@keras.saving.register_keras_serializable(package="recsys")
 class TwoTower(keras.Model):
     """The user tower and the output layer trained together; the tower alone is exported for serving."""
 
@@ -150,6 +174,17 @@ class TwoTower(keras.Model):
         super().__init__(**kwargs)
         self.tower = UserTower(sizes, config, name="user_tower")
         self.output_layer = OutputEmbedding(sizes.videos, config.embedding_dim, config.output_bias, name="output")
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor's arguments as plain dicts, so ``model.save("x.keras")`` can rebuild both halves."""
+        tower = self.tower
+        return {**super().get_config(), "sizes": asdict(tower.sizes), "config": tower.config.model_dump(mode="json")}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TwoTower:
+        """A model from ``get_config``'s dict (Keras restores the weights afterwards)."""
+        rest = dict(config)
+        return cls(Cardinalities(**rest.pop("sizes")), ModelConfig(**rest.pop("config")), **rest)
 
     def build(self, input_shape: Any = None) -> None:
         """Build the tower (the output layer's weights already exist)."""
@@ -163,7 +198,7 @@ class TwoTower(keras.Model):
 
 def build_model(sizes: Cardinalities, config: ModelConfig, max_history: int, max_tokens: int) -> TwoTower:
     """Create a two-tower model and run one dummy batch through it so every weight exists."""
-    model = TwoTower(sizes, config)
+    model = TwoTower(sizes, config, name="two_tower")  # a fixed name: checkpoint keys are the weights' paths
     dummy = {
         name: tf.zeros([1, *spec.shape[1:]], spec.dtype)
         for name, spec in feature_signature(max_history, max_tokens).items()

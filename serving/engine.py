@@ -1,5 +1,9 @@
 """The retrieval engine: one loaded bundle answering batches of queries with one tower call and one FAISS search.
 
+It builds on ``recsys.recommender.Recommender`` (the tower call, the id lookup, the index), which notebooks use
+directly, and adds what only the service needs: batches of queries with their own k and exclusions, popularity
+answers when the history store is down, titles, and warm-up.
+
 Everything here is synchronous and thread-safe for one caller at a time; the micro-batcher runs it on a worker
 thread so the event loop keeps accepting requests while TensorFlow and FAISS (which both release the GIL) work.
 An Engine is immutable after construction: a reload builds a new one and swaps the reference.
@@ -8,18 +12,15 @@ An Engine is immutable after construction: a reload builds a new one and swaps t
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from recsys.bundle import Bundle, load_bundle
 from recsys.errors import RecsysError
-from recsys.features import padded_strings
-from recsys.index import VideoIndex, exclusion_matrix
+from recsys.index import exclusion_matrix
+from recsys.recommender import Context, Recommender
 from recsys.schemas import OOV_INDEX
 
 log = logging.getLogger(__name__)
@@ -29,17 +30,6 @@ __all__ = ["Context", "Engine", "Query", "Result", "WarmupError"]
 
 class WarmupError(RecsysError):
     """A freshly loaded bundle failed its warm-up queries (it is not swapped in)."""
-
-
-@dataclass(frozen=True)
-class Context:
-    """The request's user attributes, raw as the tower's signature takes them (unknown values map to OOV)."""
-
-    country: str = ""
-    device: str = ""
-    gender: str = ""
-    age: float = math.nan
-    logged_in: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,19 +60,15 @@ class Result:
 class Engine:
     """A verified bundle with its user tower, index, id lookup and popularity ranking, ready to answer batches."""
 
-    def __init__(self, bundle: Bundle, index: VideoIndex, tower: Any) -> None:
-        """Wrap loaded parts; use ``Engine.load``."""
-        self.bundle = bundle
-        self.index = index
-        self.tower = tower
-        self.model_version = bundle.model_version
-        self.max_history = int(bundle.config.get("max_history", 50))
-        self.max_search_tokens = int(bundle.config.get("max_search_tokens", bundle.config.get("max_tokens", 50)))
-        self.video_ids: np.ndarray = bundle.video_ids
+    def __init__(self, recommender: Recommender) -> None:
+        """Wrap a loaded recommender; use ``Engine.load``."""
+        self.recommender = recommender
+        self.bundle = recommender.bundle
+        self.index = recommender.index
+        self.model_version = recommender.model_version
+        self.video_ids: np.ndarray = recommender.video_ids
         self.titles: np.ndarray | None = None
-        # One hash lookup per id string; built once per bundle (the in-graph tables serve the tower itself).
-        self._index_of: dict[str, int] = {vid: i for i, vid in enumerate(self.video_ids.tolist()) if i != OOV_INDEX}
-        counts = bundle.features.videos.counts.to_numpy(zero_copy_only=False).astype(np.float64)
+        counts = self.bundle.features.videos.counts.to_numpy(zero_copy_only=False).astype(np.float64)
         # The vocabulary is ordered by count, so popularity is index order; scores are log counts.
         self.popular_ids = np.arange(1, len(counts) + 1, dtype=np.int64)
         self.popular_scores = np.log1p(counts).astype(np.float32)
@@ -93,19 +79,16 @@ class Engine:
     ) -> Engine:
         """Load and verify a bundle (BUNDLES/latest or one version), load its tower, and warm both up."""
         t0 = time.perf_counter()
-        bundle = load_bundle(path, verify_checksums=verify_checksums, mmap=mmap)
-        index = VideoIndex.from_bundle(bundle)
-        tower = bundle.user_tower()
-        engine = cls(bundle, index, tower)
+        engine = cls(Recommender.load(path, mmap=mmap, verify_checksums=verify_checksums))
         if catalog is not None:
             engine.attach_titles(catalog)
         engine.warm_up()
         log.info(
             "loaded bundle %s (%d videos, d=%d, index %s) in %.1fs",
             engine.model_version,
-            bundle.n_videos,
-            bundle.embedding_dim,
-            index.spec,
+            engine.bundle.n_videos,
+            engine.bundle.embedding_dim,
+            engine.index.spec,
             time.perf_counter() - t0,
         )
         return engine
@@ -143,35 +126,18 @@ class Engine:
     # ------------------------------------------------------------------ lookups
     def lookup(self, video_ids: list[str]) -> np.ndarray:
         """Video indices of id strings (OOV_INDEX for unknown ids), int64."""
-        get = self._index_of.get
-        return np.fromiter(map(get, video_ids, [OOV_INDEX] * len(video_ids)), dtype=np.int64, count=len(video_ids))
+        return self.recommender.lookup(video_ids)
 
     def index_of(self, video_id: str) -> int | None:
         """The video index of one id, or None when the bundle does not know it."""
-        return self._index_of.get(video_id)
+        return self.recommender.index_of(video_id)
 
     # ------------------------------------------------------------------ batches
     def user_vectors(self, queries: list[Query]) -> np.ndarray:
         """One tower call for the whole batch: raw strings in, u [B, d] out."""
-        import tensorflow as tf
-
-        history = padded_strings([q.history for q in queries], self.max_history)
-        tokens = padded_strings([q.tokens for q in queries], self.max_search_tokens)
-        ctx = [q.context for q in queries]
-        inputs = {
-            "history": tf.constant(history, tf.string),
-            "search_tokens": tf.constant(tokens, tf.string),
-            "country": tf.constant([c.country for c in ctx], tf.string),
-            "device": tf.constant([c.device for c in ctx], tf.string),
-            "gender": tf.constant([c.gender for c in ctx], tf.string),
-            "age": tf.constant([c.age for c in ctx], tf.float32),
-            "logged_in": tf.constant([c.logged_in for c in ctx], tf.float32),
-            "example_age_days": tf.zeros([len(queries)], tf.float32),
-        }
-        out = self.tower(**inputs)["user_vector"].numpy()
-        if not np.isfinite(out).all():
-            raise ValueError("the user tower returned non-finite user vectors")
-        return np.asarray(out, dtype=np.float32)
+        return self.recommender.user_vectors(
+            [q.history for q in queries], [q.tokens for q in queries], [q.context for q in queries]
+        )
 
     def _exclusions(self, queries: list[Query]) -> tuple[np.ndarray, np.ndarray]:
         """Padded [B, E] exclusion matrix of video indices (-1 padding) and each query's unknown history count."""

@@ -74,9 +74,16 @@ def train(
 def evaluate(
     run: Annotated[Path, typer.Option(help="a training run directory")],
     split: Annotated[str, typer.Option(help="train | validation | test")] = "test",
-    exclude_history: Annotated[bool, typer.Option(help="never recommend what the user already watched")] = False,
+    exclude_history: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-history/--no-exclude-history",
+            help="hide each example's watched videos as the service does (a re-watched label is a miss); "
+            "--no-exclude-history ranks them too",
+        ),
+    ] = True,
 ) -> None:
-    """Full-catalogue Recall@K, NDCG@K and MAP of a run and of popularity on a split."""
+    """Full-catalogue Recall@K, NDCG@K and MAP of a run and of popularity on a split (as served by default)."""
     from training.evaluate import evaluate_run
 
     typer.echo(json.dumps(evaluate_run(run, split, exclude_history), indent=2))

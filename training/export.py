@@ -76,11 +76,6 @@ def _lookup_table(vocab: Vocabulary) -> tf.lookup.StaticHashTable:
     return tf.lookup.StaticHashTable(init, default_value=0)
 
 
-def _tf_variable(var: Any) -> tf.Variable:
-    """The tf.Variable behind a Keras 3 variable."""
-    return getattr(var, "value", var)
-
-
 def build_user_tower_module(
     tower: UserTower, features: FeatureSpace, max_history: int, max_search_tokens: int
 ) -> tf.Module:
@@ -88,10 +83,11 @@ def build_user_tower_module(
     import tensorflow as tf
 
     from recsys.bundle import USER_VECTOR
+    from recsys.sparse_optim import tf_variable
 
     module = tf.Module(name="user_tower")
     # Keras 3 does not expose layers held in lists to tf.train's object graph: track the variables directly.
-    module.tower_variables = [_tf_variable(v) for v in tower.weights]
+    module.tower_variables = [tf_variable(v) for v in tower.weights]
     tables = {
         "history": _lookup_table(features.videos),
         "search_tokens": _lookup_table(features.tokens),
@@ -341,8 +337,8 @@ def export_model(
     import pyarrow.parquet as pq
 
     from recsys import bundle as b
-    from recsys.atomic import staged_directory
     from recsys.index import mixture_queries
+    from recsys.publish import publish_dir
     from training.evaluate import user_vectors
 
     embeddings = np.asarray(embeddings)
@@ -365,7 +361,7 @@ def export_model(
 
     out = Path(out)
     version = b.new_version(out, content_hash, now)
-    with staged_directory(out / version) as tmp:
+    with publish_dir(out / version) as tmp:
         module = build_user_tower_module(model.tower, features, max_history, max_search_tokens)
         write_user_tower(module, tmp / b.USER_TOWER_DIR)
         _write_arrays(tmp, embeddings, bias, queries)

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from recsys.config import TrainConfig
+from recsys.sparse_optim import tf_variable
 
 __all__ = ["NegativeMiner", "RefreshStats", "TouchedRows", "default_ivf_spec"]
 
@@ -143,8 +144,9 @@ class NegativeMiner:
             raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
         if drift_tolerance is not None and drift_tolerance < 0:
             raise ValueError(f"drift_tolerance must be >= 0, got {drift_tolerance}")
-        self.table = table
-        self.bias = bias
+        # Keras variables are unwrapped: gathering from one reads (and, after sparse updates, copies) the whole table.
+        self.table = table if isinstance(table, np.ndarray | tf.Tensor) else tf_variable(table)
+        self.bias = bias if bias is None or isinstance(bias, np.ndarray | tf.Tensor) else tf_variable(bias)
         self.n = int(table.shape[0])
         self.dim = int(table.shape[1])
         self.k = k
@@ -204,6 +206,11 @@ class NegativeMiner:
         """Note rows the caller is about to update (the batch's labels) so the next refresh checks their drift."""
         if self.touched is not None:
             self.touched.mark(rows)
+
+    @property
+    def tuning_pending(self) -> bool:
+        """Whether the next ``search`` re-checks nprobe first (after a build, and every ``retune_every`` refreshes)."""
+        return self._tune_pending
 
     def refresh_due(self, step: int) -> bool:
         """Whether the index is missing or at least ``refresh_every`` steps old."""
@@ -392,22 +399,43 @@ class NegativeMiner:
 
         Fetches k_prime > k from the (possibly stale) index, re-scores them with the current table, keeps the k best.
         """
+        if self._tune_pending:
+            self.tune_nprobe(u)
+        queries = self.queries(u)
+        return self.finish(queries, self.fetch(queries, k_prime, k), k)
+
+    def queries(self, u: Any) -> np.ndarray:
+        """The index queries of user vectors (float32, a trailing 1 when the bias is folded in)."""
+        return self._queries(u)
+
+    def fetch(self, queries: np.ndarray, k_prime: int | None = None, k: int | None = None) -> np.ndarray:
+        """The index's k_prime best ids per query [B, k_prime], not yet re-scored.
+
+        Reads only the index, never the table, and changes no state: it may run on another thread while a training
+        step updates the table (FAISS releases the GIL), as long as no refresh runs at the same time.
+        """
         if self.index is None:
             raise RuntimeError("the miner has no index yet: call refresh() first")
         k = self.k if k is None else k
         k_prime = max(k, self.k_prime if k_prime is None else k_prime)
-        if self._tune_pending:
-            self.tune_nprobe(u)
-        found = self._search(self._queries(u), k, k_prime)
-        self.mark(found)  # the training step is about to update these rows
+        faiss.omp_set_num_threads(self.threads if self._search_work(len(queries)) > _PARALLEL_WORK else 1)
+        return self.index.search(queries, k_prime)[1]
+
+    def finish(self, queries: np.ndarray, ids: np.ndarray, k: int | None = None, mark: bool = True) -> np.ndarray:
+        """Re-score fetched ids [B, K'] with the current table and keep the k best; mark them for the next refresh."""
+        found = self._rescore(queries, ids, self.k if k is None else k)
+        if mark:
+            self.mark(found)  # the training step is about to update these rows
         return found
 
+    def peek(self, u: Any, k: int | None = None) -> np.ndarray:
+        """What ``search`` would return, without marking rows or tuning nprobe (for diagnostics)."""
+        queries = self.queries(u)
+        return self.finish(queries, self.fetch(queries, k=k), k, mark=False)
+
     def _search(self, queries: np.ndarray, k: int, k_prime: int) -> np.ndarray:
-        """Fetch k_prime per query from the index and keep the k best by the current table."""
-        assert self.index is not None
-        faiss.omp_set_num_threads(self.threads if self._search_work(len(queries)) > _PARALLEL_WORK else 1)
-        _, ids = self.index.search(queries, k_prime)
-        return self._rescore(queries, ids, k)
+        """Fetch k_prime per query from the index and keep the k best by the current table (marks nothing)."""
+        return self.finish(queries, self.fetch(queries, k_prime, k), k, mark=False)
 
     def tune_nprobe(self, u: Any, sample: int = 128) -> int:
         """Set nprobe to the smallest power of two whose re-scored top-K holds target_recall of the exact top-K.

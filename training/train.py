@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,10 @@ from tqdm import tqdm
 
 from recsys.config import ModelConfig, TrainConfig
 from recsys.errors import InputError
+from recsys.logs import progress_enabled, progress_line
 from recsys.metrics import dot_scorer, label_ranks, metrics_from_ranks, popularity_scorer
 from recsys.model import PAD, TwoTower, build_model, feature_signature
+from recsys.publish import publish_file, publish_json, publish_npy
 from recsys.softmax import estimator_diagnostics
 from recsys.sparse_optim import SparseAdagrad, tf_variable
 from training.data import Batch, ExampleSet, batches_per_epoch, iterate_batches, to_batch
@@ -31,6 +35,7 @@ RUN_FILE = "run.json"
 EMBEDDINGS_FILE = "video_embeddings.npy"
 BIAS_FILE = "video_bias.npy"
 FEATURE_NAMES = tuple(feature_signature(1, 1))
+DIAGNOSTICS_BUDGET = 1 << 25  # examples x videos scored exactly by the diagnostics (~1 GB of working memory)
 
 
 @dataclass
@@ -51,10 +56,8 @@ class TrainState:
     index: list[dict[str, float]] = field(default_factory=list)
 
     def save(self, out: Path) -> None:
-        """Write state.json atomically (write then rename)."""
-        tmp = out / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(asdict(self)) + "\n")
-        os.replace(tmp, out / STATE_FILE)
+        """Write state.json atomically and durably (a kill mid-write must not lose the resume point)."""
+        publish_json(out / STATE_FILE, asdict(self), indent=None)
 
     @classmethod
     def load(cls, out: Path) -> TrainState:
@@ -83,51 +86,131 @@ class Trainer:
         q = (counts + 1.0) / (counts.sum() + len(counts))
         self.label_counts = counts
         self.loss_head = LossHead(cfg, self.n, np.log(q), self.rng)
+        # Every gather, gradient and optimizer update goes through the raw tf.Variables: a Keras variable converts
+        # to a whole-table read, which TensorFlow turns into a full copy once a sparse update has touched it.
+        out = self.model.output_layer
+        self.table = tf_variable(out.table)
+        self.bias = tf_variable(out.bias) if out.bias is not None else None
+        self.variables = [tf_variable(v) for v in self.model.trainable_variables]
         self.miner: NegativeMiner | None = None
         if cfg.loss == "topk_random":
-            out = self.model.output_layer
-            self.miner = NegativeMiner.from_config(out.table, out.bias, cfg, index_spec)
-        # Variables are listed explicitly: Keras 3 does not expose layers held in lists or dicts to tf.train's
-        # object graph, so checkpointing `model` alone would silently skip the hidden layers.
+            self.miner = NegativeMiner.from_config(self.table, self.bias, cfg, index_spec)
+        # Variables are listed explicitly, under their Keras paths: Keras 3 does not expose layers held in lists or
+        # dicts to tf.train's object graph, so checkpointing `model` alone would silently skip the hidden layers.
         self.checkpoint = tf.train.Checkpoint(
-            weights={f"w{i}": tf_variable(v) for i, v in enumerate(self.model.weights)},
+            weights={_key(v): tf_variable(v) for v in self.model.weights},
             rng=self.rng,
-            accumulators={f"a{i}": self.optimizer.accumulator(v) for i, v in enumerate(self.model.trainable_variables)},
+            accumulators={_key(v): self.optimizer.accumulator(v) for v in self.model.trainable_variables},
         )
         spec = feature_signature(data.max_history, data.max_tokens)
         label_spec = tf.TensorSpec([None], tf.int32)
         cand_spec = tf.TensorSpec([None, None], tf.int64)
         self._train_step = tf.function(self._step, input_signature=[spec, label_spec, cand_spec], reduce_retracing=True)
         self._user_vectors = tf.function(lambda f: self.model.tower(f, training=False), input_signature=[spec])
+        self.profile: defaultdict[str, float] = defaultdict(float)
+        self._pending: tuple[int, np.ndarray, Future[np.ndarray]] | None = None
+        self.prefetched_steps = 0  # steps whose index search overlapped the step before
+        self._pool = ThreadPoolExecutor(1, "miner") if self.miner is not None and cfg.mining_prefetch else None
 
     def _step(self, features: dict[str, tf.Tensor], y: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             u = self.model.tower(features, training=True)
             exclude = features["history"] if self.cfg.exclude_history_from_head else None
-            out = self.model.output_layer
-            loss, tail = self.loss_head.loss_and_tail(u, out.table, out.bias, y, candidates, exclude)
-        variables = self.model.trainable_variables
-        grads = tape.gradient(loss, variables)
-        scales = {} if tail is None else {tf_variable(v).ref(): tail for v in (out.table, out.bias) if v is not None}
-        self.optimizer.apply_gradients(zip(grads, variables, strict=True), scales)
+            loss, tail = self.loss_head.loss_and_tail(u, self.table, self.bias, y, candidates, exclude)
+        grads = tape.gradient(loss, self.variables)
+        scales = {} if tail is None else {v.ref(): tail for v in (self.table, self.bias) if v is not None}
+        self.optimizer.apply_gradients(zip(grads, self.variables, strict=True), scales)
         return loss
 
     # --------------------------------------------------------------------------------------------- helpers
-    def step(self, step: int, batch: Batch) -> float:
-        """One training step on a batch (mining the top-K head first when the loss needs it); the loss value."""
+    def step(self, step: int, batch: Batch, next_batch: Batch | None = None) -> float:
+        """One training step on a batch (mining the top-K head first when the loss needs it); the loss value.
+
+        With ``next_batch`` (the batch of step + 1, same epoch) the index search for it runs on a worker thread
+        while this step trains: see ``_prefetch``.
+        """
         features = {k: batch[k] for k in FEATURE_NAMES}
         candidates = self.candidates(step, features)
         if self.miner is not None:
             self.miner.mark(batch["label"])  # label rows move the most: the next refresh checks them
-        return float(self._train_step(features, batch["label"], candidates))
+        if next_batch is not None:
+            self._prefetch(step + 1, {k: next_batch[k] for k in FEATURE_NAMES})
+        t0 = time.perf_counter()
+        loss = float(self._train_step(features, batch["label"], candidates))
+        self.profile["train_step"] += time.perf_counter() - t0
+        self.profile["steps"] += 1
+        return loss
 
     def candidates(self, step: int, features: dict[str, np.ndarray]) -> np.ndarray:
         """Top-K head candidates for this step from the miner (an empty [B, 0] during warm-up or for other losses)."""
         batch = len(features["country"])
         if self.miner is None or not self.miner.topk_enabled(step):
             return np.zeros((batch, 0), dtype=np.int64)
-        self.miner.maybe_refresh(step)
-        return self.miner.search(self._user_vectors(features).numpy())
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == step and not self.miner.refresh_due(step):
+            _, queries, future = pending
+            t0 = time.perf_counter()
+            ids = future.result()
+            self.profile["search_wait"] += time.perf_counter() - t0
+            self.prefetched_steps += 1
+        else:
+            t0 = time.perf_counter()
+            self.miner.maybe_refresh(step)
+            t1 = time.perf_counter()
+            u = self._user_vectors(features).numpy()
+            t2 = time.perf_counter()
+            if self.miner.tuning_pending:
+                self.miner.tune_nprobe(u)
+            queries = self.miner.queries(u)
+            ids = self.miner.fetch(queries)
+            t3 = time.perf_counter()
+            self.profile["refresh"] += t1 - t0
+            self.profile["mining_tower"] += t2 - t1
+            self.profile["search"] += t3 - t2
+        t0 = time.perf_counter()
+        found = self.miner.finish(queries, ids)  # re-scored with the table as it is now, exactly as without prefetch
+        self.profile["rescore"] += time.perf_counter() - t0
+        return found
+
+    def _prefetch(self, step: int, features: dict[str, np.ndarray]) -> None:
+        """Start the index search for ``step``'s batch on the worker thread, with the user vectors of the weights now.
+
+        The search reads only the index (FAISS releases the GIL), so it overlaps the training step that follows;
+        its K' ids are re-scored with the table after that step, as a synchronous search would be. The user vectors
+        are one update older than without prefetch, which only changes which rows form the head (the estimator
+        stays unbiased for any head). Steps that refresh the index and steps a resumed run can start at (epoch
+        starts and checkpoints, where no batch came before) always search synchronously, so a resumed run mines
+        exactly what an uninterrupted one does.
+        """
+        miner = self.miner
+        if (
+            self._pool is None
+            or miner is None
+            or miner.index is None
+            or not miner.topk_enabled(step)
+            or miner.refresh_due(step)
+            or miner.tuning_pending
+            or step % self.cfg.checkpoint_every == 0
+        ):
+            return
+        t0 = time.perf_counter()
+        queries = miner.queries(self._user_vectors(features).numpy())
+        self.profile["mining_tower"] += time.perf_counter() - t0
+        self._pending = (step, queries, self._pool.submit(miner.fetch, queries))
+
+    def close(self) -> None:
+        """Stop the prefetch worker (waiting for a search in flight)."""
+        if self._pending is not None:
+            self._pending[2].result()
+            self._pending = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def step_profile(self) -> dict[str, float]:
+        """Mean seconds per step of each part of the step so far (what a step costs, and where)."""
+        steps = max(self.profile["steps"], 1.0)
+        return {k: round(v / steps, 5) for k, v in self.profile.items() if k != "steps"}
 
     def user_vectors(self, batch: Batch, chunk: int = 4096) -> np.ndarray:
         """User vectors for a whole feature batch, in chunks."""
@@ -142,25 +225,30 @@ class Trainer:
         """Full-catalogue exact retrieval metrics of the current model on a feature batch."""
         out = self.model.output_layer
         bias = out.bias.numpy() if out.bias is not None else None
-        scorer = dot_scorer(self.user_vectors(batch), out.table.numpy(), bias)
-        return metrics_from_ranks(label_ranks(scorer, batch["label"]))
+        scorer = dot_scorer(self.user_vectors(batch), self.table.numpy(), bias)
+        exclude = batch["history"] if self.cfg.eval_exclude_history else None  # as served: watched videos hidden
+        return metrics_from_ranks(label_ranks(scorer, batch["label"], exclude))
 
     def popularity(self, batch: Batch) -> dict[str, float]:
         """The popularity baseline on the same batch, ranked the same way."""
-        return metrics_from_ranks(label_ranks(popularity_scorer(self.label_counts), batch["label"]))
+        exclude = batch["history"] if self.cfg.eval_exclude_history else None
+        return metrics_from_ranks(label_ranks(popularity_scorer(self.label_counts), batch["label"], exclude))
 
     def diagnostics(self, batch: Batch, step: int) -> dict[str, float]:
         """Estimator quality on a small held-out batch: S's share of Z, |log Z_hat - log Z|, gradient cosine."""
+        # The exact reference scores every example against all n rows: a fixed budget bounds its memory at any n.
+        batch = _slice(batch, max(8, min(len(batch["label"]), DIAGNOSTICS_BUDGET // self.n)))
         features = {k: tf.constant(batch[k]) for k in FEATURE_NAMES}
         u = self._user_vectors(features)
-        cands = self.candidates(step, {k: batch[k] for k in FEATURE_NAMES})
-        out = self.model.output_layer
+        cands = np.zeros((len(batch["label"]), 0), np.int64)
+        if self.miner is not None and self.miner.index is not None and self.miner.topk_enabled(step):
+            cands = self.miner.peek(u.numpy())  # marks nothing and tunes nothing: training never sees this search
         # A separate generator so diagnostics never shift the training draws (resume stays exact).
         diag_rng = tf.random.Generator.from_seed(self.cfg.seed + 7919 + step)
         result = estimator_diagnostics(
             u,
-            out.table,
-            out.bias,
+            self.table,
+            self.bias,
             tf.constant(batch["label"]),
             tf.constant(cands),
             self.cfg.uniform_samples,
@@ -170,6 +258,20 @@ class Trainer:
         if self.miner is not None and self.miner.index is not None:
             result["index_recall"] = self.miner.recall_of_true_topk(u.numpy(), k=self.cfg.top_k)
         return result
+
+
+def _with_next(items: Iterator[Batch]) -> Iterator[tuple[Batch, Batch | None]]:
+    """Each item with the one after it (None for the last), so a step can start mining its successor's head."""
+    current = next(items, None)
+    while current is not None:
+        following = next(items, None)
+        yield current, following
+        current = following
+
+
+def _key(var: Any) -> str:
+    """A checkpoint key from a variable's Keras path (e.g. "two_tower/user_tower/hidden_0/kernel")."""
+    return var.path.replace("/", ".")
 
 
 def _slice(batch: Batch, n: int) -> Batch:
@@ -226,68 +328,73 @@ def train(
         state.checkpoint = manager.save(checkpoint_number=state.step)
         state.save(out)
 
-    while state.epoch < cfg.epochs and not state.stopped_early:
-        t0 = time.perf_counter()
-        bar = tqdm(
-            total=per_epoch,
-            initial=state.batch_in_epoch,
-            desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
-            disable=not progress,
-            unit="step",
-        )
-        for batch in iterate_batches(
-            files,
-            cfg.batch_size,
-            data.max_history,
-            data.max_tokens,
-            seed=cfg.seed,
-            epoch=state.epoch,
-            window=cfg.shuffle_window,
-            skip_batches=state.batch_in_epoch,
-        ):
-            loss = trainer.step(state.step, batch)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {state.step}; last checkpoint kept")
-            state.step += 1
-            state.batch_in_epoch += 1
-            if state.step % 10 == 0:
-                state.losses.append((state.step, loss))
-                with writer.as_default():
-                    tf.summary.scalar("loss", loss, step=state.step)
-            if cfg.loss == "topk_random" and state.step % cfg.diagnostics_every == 0:
-                diag = {"step": float(state.step), **trainer.diagnostics(held_out, state.step)}
-                state.diagnostics.append(diag)
-                with writer.as_default():
-                    for key, value in diag.items():
-                        tf.summary.scalar(f"estimator/{key}", value, step=state.step)
-            bar.set_postfix(loss=f"{loss:.3f}")
-            bar.update(1)
-            if state.step % cfg.checkpoint_every == 0:
-                checkpoint()
-        bar.close()
-        timings["train_s"] += time.perf_counter() - t0
-
-        t1 = time.perf_counter()
-        metrics = trainer.evaluate(validation)
-        timings["eval_s"] += time.perf_counter() - t1
-        state.epochs.append({"epoch": state.epoch + 1, "step": state.step, **metrics, "loss": loss})
-        with writer.as_default():
-            for key, value in metrics.items():
-                tf.summary.scalar(f"validation/{key}", value, step=state.step)
-        if progress:
-            tqdm.write(
-                f"epoch {state.epoch + 1}: loss {loss:.4f} validation recall@10 {metrics['recall@10']:.4f} "
-                f"recall@100 {metrics['recall@100']:.4f}"
+    try:
+        while state.epoch < cfg.epochs and not state.stopped_early:
+            t0 = time.perf_counter()
+            bar = tqdm(
+                total=per_epoch,
+                initial=state.batch_in_epoch,
+                desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+                disable=not progress_enabled(progress),
+                unit="step",
             )
-        if metrics["recall@100"] > state.best_metric:
-            state.best_metric, state.best_epoch, state.bad_epochs = metrics["recall@100"], state.epoch + 1, 0
-            _export_embeddings(trainer, out)
-        else:
-            state.bad_epochs += 1
-            state.stopped_early = state.bad_epochs >= cfg.patience
-        state.epoch += 1
-        state.batch_in_epoch = 0
-        checkpoint()
+            batches = iterate_batches(
+                files,
+                cfg.batch_size,
+                data.max_history,
+                data.max_tokens,
+                seed=cfg.seed,
+                epoch=state.epoch,
+                window=cfg.shuffle_window,
+                skip_batches=state.batch_in_epoch,
+            )
+            for batch, next_batch in _with_next(batches):
+                loss = trainer.step(state.step, batch, next_batch)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss} at step {state.step}; last checkpoint kept")
+                state.step += 1
+                state.batch_in_epoch += 1
+                if state.step % 10 == 0:
+                    state.losses.append((state.step, loss))
+                    with writer.as_default():
+                        tf.summary.scalar("loss", loss, step=state.step)
+                if cfg.loss == "topk_random" and state.step % cfg.diagnostics_every == 0:
+                    diag = {"step": float(state.step), **trainer.diagnostics(held_out, state.step)}
+                    state.diagnostics.append(diag)
+                    with writer.as_default():
+                        for key, value in diag.items():
+                            tf.summary.scalar(f"estimator/{key}", value, step=state.step)
+                bar.set_postfix(loss=f"{loss:.3f}")
+                bar.update(1)
+                if state.step % cfg.checkpoint_every == 0:
+                    checkpoint()
+            bar.close()
+            timings["train_s"] += time.perf_counter() - t0
+
+            t1 = time.perf_counter()
+            metrics = trainer.evaluate(validation)
+            timings["eval_s"] += time.perf_counter() - t1
+            state.epochs.append({"epoch": state.epoch + 1, "step": state.step, **metrics, "loss": loss})
+            with writer.as_default():
+                for key, value in metrics.items():
+                    tf.summary.scalar(f"validation/{key}", value, step=state.step)
+            progress_line(
+                f"epoch {state.epoch + 1}: loss {loss:.4f} validation recall@10 {metrics['recall@10']:.4f} "
+                f"recall@100 {metrics['recall@100']:.4f}",
+                progress,
+                logging.getLogger(__name__),
+            )
+            if metrics["recall@100"] > state.best_metric:
+                state.best_metric, state.best_epoch, state.bad_epochs = metrics["recall@100"], state.epoch + 1, 0
+                _export_embeddings(trainer, out)
+            else:
+                state.bad_epochs += 1
+                state.stopped_early = state.bad_epochs >= cfg.patience
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            checkpoint()
+    finally:
+        trainer.close()  # no search left running on the worker thread
 
     report = _report(trainer, state, data, validation, timings, out)
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
@@ -298,9 +405,10 @@ def train(
 def _export_embeddings(trainer: Trainer, out: Path) -> None:
     """Save the best epoch's video embeddings and bias (what the index and serving will use)."""
     layer = trainer.model.output_layer
-    np.save(out / EMBEDDINGS_FILE, layer.table.numpy())
-    np.save(out / BIAS_FILE, layer.bias.numpy() if layer.bias is not None else np.zeros(trainer.n, np.float32))
-    trainer.model.save_weights(out / "best.weights.h5")
+    publish_npy(out / EMBEDDINGS_FILE, layer.table.numpy())
+    publish_npy(out / BIAS_FILE, layer.bias.numpy() if layer.bias is not None else np.zeros(trainer.n, np.float32))
+    with publish_file(out / "best.weights.h5", suffix=".weights.h5") as tmp:
+        trainer.model.save_weights(tmp)
 
 
 def _report(
@@ -321,6 +429,8 @@ def _report(
         "miner_refresh_kinds": dict(Counter(s.kind for s in trainer.miner.history)) if trainer.miner else {},
         "miner_nprobe_tuning": trainer.miner.tuning if trainer.miner else None,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "step_profile_s": trainer.step_profile(),
+        "prefetched_steps": trainer.prefetched_steps,
         "config": {"model": trainer.model_cfg.model_dump(mode="json"), "train": trainer.cfg.model_dump(mode="json")},
         "files": {"embeddings": EMBEDDINGS_FILE, "bias": BIAS_FILE, "weights": "best.weights.h5"},
         "out": str(out),

@@ -113,6 +113,17 @@ def test_grid_search_keeps_the_best_validation_point():
     assert result.chosen["validation"]["recall@100"] == best["validation"]["recall@100"]
 
 
+def test_grid_search_hides_the_given_histories_on_validation():
+    matrix, labels, histories = planted()
+    one = grid(AlsParams, factors=(4,), regularization=(0.1,), alpha=(10.0,), iterations=(5,))
+    result = grid_search(
+        one, lambda p: fit_als(matrix, p), lambda m: als_scorer(m, histories), labels, exclude=histories
+    )
+    served = metrics_from_ranks(label_ranks(als_scorer(result.model, histories), labels, histories))
+    assert result.chosen["validation"] == served
+    assert served["map"] != metrics_from_ranks(label_ranks(als_scorer(result.model, histories), labels))["map"]
+
+
 def _features(videos: list[str]) -> FeatureSpace:
     make = lambda *v: Vocabulary.from_counts(count_values(pa.array(list(v))))  # noqa: E731
     return FeatureSpace(
@@ -238,7 +249,7 @@ def test_ease_is_fitted_on_the_same_training_matrix_as_als(monkeypatch):
 
         return fit
 
-    def one_point_grid(candidates, fit, scorer_for, labels, chunk=1024):
+    def one_point_grid(candidates, fit, scorer_for, labels, chunk=1024, exclude=None):
         model = fit(candidates[0])
         chosen = {"params": {}, "validation": {"recall@100": 0.0}, "fit_s": 0.0}
         return GridResult(points=[], chosen=chosen, model=model)

@@ -75,6 +75,7 @@ def test_report_writes_markdown_with_every_method_and_intervals_and_both_plots(t
     assert tie_rule() and tie_rule() in md
     assert "python -m benchmarks.report --json" in md
     assert "python -m benchmarks.quality --dataset ml-100k --json x.json" in md
+    assert "unfiltered: watched videos ranked" in md  # no meta.exclude_history: a run from before the as-served default
     for protocol in PROTOCOLS:
         for name in (f"quality_fake_recall_curve_{protocol}.png", f"quality_fake_training_{protocol}.png"):
             assert (tmp_path / name).stat().st_size > 1000

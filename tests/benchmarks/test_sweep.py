@@ -48,6 +48,16 @@ def test_rows_table_shows_best_and_curve() -> None:
     assert 'still improving): `{"hidden": [8]}`.' in words
 
 
+def test_every_scoring_benchmark_evaluates_as_served_unless_told_not_to(tmp_path: Path) -> None:
+    from benchmarks import quality, seeds, sweep
+
+    for module, extra in ((quality, []), (seeds, []), (sweep, ["--point", "{}"])):
+        base = ["--json", str(tmp_path / "x.json"), *extra]
+        assert module.parse_args(base).exclude_history is True, module.__name__
+        assert module.parse_args([*base, "--exclude-history"]).exclude_history is True  # the old flag still works
+        assert module.parse_args([*base, "--no-exclude-history"]).exclude_history is False
+
+
 @pytest.mark.slow
 def test_sweep_trains_every_point_and_reports_validation_only(tmp_path: Path) -> None:
     if not ML100K.is_file():
@@ -69,6 +79,8 @@ def test_sweep_trains_every_point_and_reports_validation_only(tmp_path: Path) ->
     )
     result = json.loads(out.read_text())
     assert result["meta"]["pipeline"]["max_examples_per_user"] == 30  # the data knob reached the pipeline
+    assert result["meta"]["exclude_history"] is True and result["meta"]["base_train"]["eval_exclude_history"] is True
+    assert "as served" in result["meta"]["evaluation"] and "as served" in out.with_suffix(".md").read_text()
     rows = result["points"]
     assert [r["point"] for r in rows] == [json.loads(p) for p in points]
     assert [len(r["curve"]) for r in rows] == [2, 1]  # each point trained its own epoch cap

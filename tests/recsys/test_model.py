@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from recsys.config import ModelConfig
-from recsys.model import PAD, Cardinalities, build_model, masked_mean
+from recsys.model import PAD, Cardinalities, TwoTower, UserTower, build_model, masked_mean
 
 SIZES = Cardinalities(videos=50, tokens=20, country=4, device=3, gender=3)
 
@@ -66,3 +69,33 @@ def test_masked_mean_ignores_padding_and_gives_zero_for_an_empty_row() -> None:
     np.testing.assert_allclose(got[0], (table[1] + table[3]).numpy() / 2)
     np.testing.assert_allclose(got[1], [0.0, 0.0])
     np.testing.assert_allclose(got[2], (2 * table[5] + table[0]).numpy() / 3)
+
+
+@pytest.mark.parametrize("output_bias", [True, False])
+def test_a_saved_keras_file_loads_back_with_identical_outputs(tmp_path: Path, output_bias: bool) -> None:
+    config = ModelConfig(
+        embedding_dim=8, video_input_dim=8, token_input_dim=4, category_dim=2, hidden=[16], output_bias=output_bias
+    )
+    model = build_model(SIZES, config, max_history=6, max_tokens=3)
+    model.save(tmp_path / "model.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # how Keras reports a variable it skipped or left unloaded
+        loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert isinstance(loaded, TwoTower) and isinstance(loaded.tower, UserTower)
+    assert loaded.tower.sizes == SIZES and loaded.tower.config == config
+    features = batch(7, seed=3)
+    np.testing.assert_array_equal(loaded(features).numpy(), model(features).numpy())
+    np.testing.assert_array_equal(loaded.output_layer.table.numpy(), model.output_layer.table.numpy())
+    got_bias, bias = loaded.output_layer.bias, model.output_layer.bias
+    assert (got_bias is None) == (bias is None) == (not output_bias)
+    if got_bias is not None and bias is not None:
+        np.testing.assert_array_equal(got_bias.numpy(), bias.numpy())
+
+
+def test_each_layer_round_trips_through_its_config() -> None:
+    model = build_model(SIZES, ModelConfig(embedding_dim=8, hidden=[]), max_history=6, max_tokens=3)
+    for layer in (model, model.tower, model.output_layer):
+        config = json.loads(json.dumps(keras.saving.serialize_keras_object(layer)))  # plain JSON, no objects
+        assert config["registered_name"] == f"recsys>{type(layer).__name__}"
+        rebuilt = keras.saving.deserialize_keras_object(config)
+        assert type(rebuilt) is type(layer) and rebuilt.get_config() == layer.get_config()

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from recsys.features import query_tokens
 from serving.encode import candidates_json, dumps
 from serving.engine import Context, Engine, Query, Result
 from serving.models import CandidatesResponse
@@ -71,6 +72,24 @@ def test_popularity_answers_follow_the_vocabulary_counts(engine: Engine) -> None
 def test_similar_excludes_the_video_itself(engine: Engine) -> None:
     result = engine.similar(5, 10)
     assert 5 not in result.ids and len(result.ids) == 10
+
+
+def test_the_notebook_recommender_answers_as_the_engine_does(engine: Engine) -> None:
+    rec = engine.recommender  # the engine's own tower, index and id lookup: one implementation, two front ends
+    history = engine.video_ids[30:36].tolist()
+    context = Context(country="nowhere", device="mobile", age=31.0, logged_in=1.0)
+    got = rec.recommend([*history, "unknown-id"], searches=["Some query", "another"], context=context, k=15)
+    tokens = query_tokens(["Some query", "another"])
+    query = Query(history=[*history, "unknown-id"], tokens=tokens, context=context, k=15, exclude=history)
+    [expected] = engine.recommend([query])
+    assert [vid for vid, _ in got] == expected.video_ids.tolist()
+    np.testing.assert_allclose([score for _, score in got], expected.scores, rtol=1e-6)
+    assert not {vid for vid, _ in got} & set(history)
+    assert history[0] in {vid for vid, _ in rec.recommend(history, k=engine.n_videos, exclude=[])}
+    similar = engine.similar(engine.lookup(history[:1])[0], 10)
+    assert [vid for vid, _ in rec.similar(history[0], k=10)] == similar.video_ids.tolist()
+    with pytest.raises(KeyError, match="not in bundle"):
+        rec.similar("unknown-id")
 
 
 def test_candidates_json_parses_back_through_the_response_model() -> None:

@@ -391,3 +391,29 @@ def test_end_to_end_topk_random_matches_full_softmax() -> None:
         assert topk_ce < results["uniform"][0] - 0.03, report  # the exact head is what closes the gap to full
     for name in ("loguniform", "inbatch"):
         assert np.isfinite(results[name][0]) and results[name][1] > pop_recall + 0.2, report
+
+
+def test_miner_never_converts_a_keras_table_to_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras
+
+    table, queries = _clustered(3000, 16, 20, seed=5)
+    layer = keras.layers.Embedding(3000, 16)
+    layer.build()
+    layer.embeddings.assign(table)
+    bias = keras.Variable(np.zeros(3000, np.float32))
+    miner = NegativeMiner(layer.embeddings, bias, k=8, k_prime=16, index_spec="IVF16,Flat", nprobe=16)
+    assert isinstance(miner.table, tf.Variable)  # unwrapped: gathers read rows, not the table
+
+    def refuse(self: object, *args: object, **kwargs: object) -> None:
+        raise AssertionError(f"the miner converted a {type(self).__name__} to numpy")
+
+    for cls in {type(layer.embeddings), type(bias), type(miner.table)}:
+        monkeypatch.setattr(cls, "__array__", refuse, raising=False)
+        monkeypatch.setattr(cls, "numpy", refuse, raising=False)
+    miner.refresh(step=0)
+    found = miner.search(queries)
+    np.testing.assert_array_equal(found, _exact_topk(queries, table, 8))
+    layer.embeddings.assign_add(0.5 * np.ones_like(table))  # every row drifts: the update path re-reads rows
+    miner.mark(np.arange(100))
+    assert miner.refresh(step=1).kind in ("update", "readd")
+    assert miner.peek(queries).shape == (len(queries), 8)
