@@ -1,4 +1,4 @@
-"""The benchmarks' datasets: MovieLens or a synthetic log, run through the example pipeline once per protocol.
+"""The benchmarks' datasets: MovieLens, a synthetic log or your own watch log, through the pipeline once per protocol.
 
 Every benchmark that takes a dataset gets its options from `add_dataset_arguments` (one set of defaults) and the
 data from `prepare_dataset`, so the same command-line options build the same data in every benchmark.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,9 +25,12 @@ from benchmarks.output import log
 from benchmarks.schema import PROTOCOLS
 from pipelines.movielens import read_movielens
 from pipelines.pipeline import run_pipeline
-from pipelines.sources import resolve_inputs
+from pipelines.sources import Inputs, iter_batches, resolve_inputs
 from pipelines.synthetic import generate
+from pipelines.validate import validate_watches
 from recsys.config import GeneratorConfig, PipelineConfig, with_overrides
+from recsys.errors import InputError
+from recsys.schemas import WATCH_REQUIRED
 
 DEFAULT_MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k.zip"
 # ML-100K: 14 test days leave ~91 test users; 49 (7 weeks) is the shortest whole-week window with >= 300.
@@ -38,6 +42,7 @@ SYNTHETIC_USERS, SYNTHETIC_EVENTS = 10_000, 500_000
 BIG_CATALOGUE = 1_000_000
 BIG_USERS, BIG_EVENTS = 30_000, 3_000_000
 SYNTHETIC_SEED = 1
+DATASETS = ("ml-100k", "synthetic", "events")
 
 
 @dataclass
@@ -45,7 +50,7 @@ class Prepared:
     """A dataset ready for the benchmark: the raw watch log, one pipeline output per protocol, ground truth."""
 
     name: str
-    kind: str  # "movielens" | "synthetic"
+    kind: str  # "movielens" | "synthetic" | "events"
     events: pa.Table  # user_id, video_id, ts
     examples: dict[str, Path]
     truth: Path | None = None
@@ -54,7 +59,9 @@ class Prepared:
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """The dataset options every dataset-taking benchmark shares (what `prepare_dataset` reads)."""
-    parser.add_argument("--dataset", choices=("ml-100k", "synthetic"), default="ml-100k")
+    parser.add_argument(
+        "--dataset", choices=DATASETS, help="default: events when --events names a watch log, ml-100k otherwise"
+    )
     parser.add_argument(
         "--movielens", type=Path, help="a MovieLens zip (100K, 1M or latest; default: ../shared/data/ml-100k.zip)"
     )
@@ -66,8 +73,10 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--events",
-        type=int,
-        help=f"synthetic events (default {SYNTHETIC_EVENTS}; {BIG_EVENTS} from {BIG_CATALOGUE} videos)",
+        help=f"with --dataset synthetic: the number of events (default {SYNTHETIC_EVENTS}; {BIG_EVENTS} from "
+        f"{BIG_CATALOGUE} videos); otherwise a watch log PATH in the project's contract (user_id, video_id, ts: a "
+        "Parquet, CSV or Arrow file, a directory of Parquet files, or a directory with events.* and optional "
+        "searches/users/videos tables, as `recsys pipeline --events` reads it), which selects --dataset events",
     )
 
 
@@ -84,16 +93,57 @@ def add_exclusion_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def check_dataset_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse contradictory dataset options and fill in the synthetic sizes left to their defaults."""
+    """Refuse contradictory dataset options, read --events as a count or a log, fill in the synthetic sizes.
+
+    With --dataset events, ``args.events`` becomes the log's Path, checked here so that a missing file or a log
+    without the contract's columns is a one-line usage error before any work.
+    """
+    if args.dataset is None:
+        args.dataset = "ml-100k" if args.events is None else "events"
     if args.movielens is not None and args.dataset != "ml-100k":
         parser.error("--movielens goes with --dataset ml-100k (the zip's layout is detected)")
     big = args.videos >= BIG_CATALOGUE
     args.users = args.users or (BIG_USERS if big else SYNTHETIC_USERS)
-    args.events = args.events or (BIG_EVENTS if big else SYNTHETIC_EVENTS)
+    if args.dataset == "synthetic":
+        args.events = _event_count(parser, args.events) or (BIG_EVENTS if big else SYNTHETIC_EVENTS)
+    elif args.dataset == "events":
+        args.events = _events_log(parser, args.events)
+    elif args.events is not None:
+        parser.error("--events is a synthetic event count (--dataset synthetic) or a watch log (--dataset events)")
+
+
+def _event_count(parser: argparse.ArgumentParser, value: str | None) -> int | None:
+    """--events as the synthetic log's event count."""
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        parser.error(f"--events must be a number of events with --dataset synthetic, got {value!r}")
+
+
+def _events_log(parser: argparse.ArgumentParser, value: str | None) -> Path:
+    """--events as a watch log's path, refused (one line) when the pipeline could not read it."""
+    if value is None:
+        parser.error("--dataset events needs --events PATH (a watch log)")
+    try:
+        check_events_log(Path(value))
+    except InputError as err:
+        parser.error(f"--events: {err}")
+    return Path(value)
+
+
+def check_events_log(path: Path) -> Inputs:
+    """The pipeline's inputs for a watch log; InputError if it is missing, unreadable, lacks a column or is empty."""
+    inputs = resolve_inputs(path)
+    if inputs.movielens_zip is not None:
+        raise InputError(f"{path}: a MovieLens zip (use --movielens)")
+    # The reader checks the columns before its first batch; one row is all that is read (the generator is dropped).
+    if next(iter_batches(inputs.events, WATCH_REQUIRED, batch_rows=1), None) is None:
+        raise InputError(f"{inputs.events}: holds no rows")
+    return inputs
 
 
 def pipeline_config(kind: str, protocol: str) -> PipelineConfig:
-    """The example pipeline for one dataset kind ("movielens" or "synthetic") and protocol."""
+    """The example pipeline for one dataset kind ("movielens", "synthetic" or "events") and protocol."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
     if kind == "movielens":
@@ -106,21 +156,35 @@ def pipeline_config(kind: str, protocol: str) -> PipelineConfig:
             )
         return PipelineConfig(split="leave_last_out", max_history=50, max_examples_per_user=200)
     # Synthetic users average ~50 watches: the default cap of 20 examples per user would train the two-tower on ~40%
-    # of the training-window watches that ALS, BPR and EASE see.
+    # of the training-window watches that ALS, BPR and EASE see. A log of your own is taken the same way.
     if protocol == "time_split":
         return PipelineConfig(max_examples_per_user=200)
     return PipelineConfig(split="leave_last_out", max_history=50)
 
 
-def _cached_pipeline(inputs_path: Path, out: Path, cfg: PipelineConfig) -> dict[str, Any]:
-    """Run the pipeline into `out`, or reuse a previous output made with the same config and input."""
-    key = {"inputs": str(inputs_path.resolve()), "config": cfg.model_dump(mode="json")}
+def _cached_pipeline(
+    inputs_path: Path, out: Path, cfg: PipelineConfig, files: list[list[Any]] | None = None
+) -> dict[str, Any]:
+    """Run the pipeline into `out`, or reuse a previous output made with the same config and input.
+
+    `files` (the inputs' `_file_stamps`) joins the key when the input may change in place under the same path.
+    """
+    key: dict[str, Any] = {"inputs": str(inputs_path.resolve()), "config": cfg.model_dump(mode="json")}
+    if files is not None:
+        key["files"] = files
     key_file = out.with_name(out.name + ".key.json")
     if (out / "report.json").is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
         return json.loads((out / "report.json").read_text())
     report = run_pipeline(resolve_inputs(inputs_path), out, cfg, overwrite=True, progress=False)
     key_file.write_text(json.dumps(key) + "\n")
     return report
+
+
+def _file_stamps(inputs: Inputs) -> list[list[Any]]:
+    """Path, size and modification time of every input file, so an edited log is never served stale examples."""
+    tables = [p for p in (inputs.events, inputs.searches, inputs.users, inputs.videos) if p is not None]
+    files = sorted({f for p in tables for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()})
+    return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def _pipeline_meta(cfg: PipelineConfig, report: dict[str, Any]) -> dict[str, Any]:
@@ -155,12 +219,7 @@ def prepare_movielens(
         events=tables.events.select(["user_id", "video_id", "ts"]),
         examples={},
     )
-    for protocol in protocols:
-        cfg = with_overrides(pipeline_config("movielens", protocol), **(pipeline or {}))
-        out = work / f"examples-{protocol}{_variant_suffix(pipeline)}"
-        report = _cached_pipeline(zip_path, out, cfg)
-        prepared.examples[protocol] = out
-        prepared.pipeline[protocol] = _pipeline_meta(cfg, report)
+    _add_examples(prepared, zip_path, work / "examples", protocols, pipeline)
     return prepared
 
 
@@ -181,19 +240,57 @@ def prepare_synthetic(
         examples={},
         truth=data / "truth",
     )
+    _add_examples(prepared, data, work / f"examples-{data.name}", protocols, pipeline)
+    return prepared
+
+
+def prepare_events(
+    path: Path, work: Path, protocols: Sequence[str], pipeline: dict[str, Any] | None = None
+) -> Prepared:
+    """A watch log of the project's contract (as `recsys pipeline --events` takes it) and its examples per protocol.
+
+    The baselines' copy of the log holds the watches the pipeline's validation keeps (`pipelines.validate`);
+    the examples are cached like the other datasets', keyed also on the input files' sizes and times.
+    """
+    inputs = check_events_log(path)
+    tag = re.sub(r"[^A-Za-z0-9_.-]", "_", path.resolve().stem) or "log"
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]  # two logs of one name never collide
+    prepared = Prepared(name=f"events-{tag}", kind="events", events=read_watches(inputs), examples={})
+    prefix = work / f"examples-events-{tag}-{digest}"
+    _add_examples(prepared, path, prefix, protocols, pipeline, _file_stamps(inputs))
+    return prepared
+
+
+def read_watches(inputs: Inputs) -> pa.Table:
+    """The log's watches (user_id, video_id, ts) that pass the pipeline's row validation, typed as the contract."""
+    kept = [validate_watches(batch)[0] for batch in iter_batches(inputs.events, WATCH_REQUIRED)]
+    return pa.concat_tables(kept).select(["user_id", "video_id", "ts"])
+
+
+def _add_examples(
+    prepared: Prepared,
+    inputs_path: Path,
+    prefix: Path,
+    protocols: Sequence[str],
+    pipeline: dict[str, Any] | None,
+    files: list[list[Any]] | None = None,
+) -> None:
+    """Build (or reuse) the examples of each protocol into `<prefix>-<protocol>` and record them in `prepared`."""
     for protocol in protocols:
-        cfg = with_overrides(pipeline_config("synthetic", protocol), **(pipeline or {}))
-        out = work / f"examples-{data.name}-{protocol}{_variant_suffix(pipeline)}"
-        report = _cached_pipeline(data, out, cfg)
+        cfg = with_overrides(pipeline_config(prepared.kind, protocol), **(pipeline or {}))
+        out = prefix.with_name(f"{prefix.name}-{protocol}{_variant_suffix(pipeline)}")
+        report = _cached_pipeline(inputs_path, out, cfg, files)
         prepared.examples[protocol] = out
         prepared.pipeline[protocol] = _pipeline_meta(cfg, report)
-    return prepared
 
 
 def prepare_dataset(
     args: argparse.Namespace, work: Path, protocols: Sequence[str], pipeline: dict[str, Any] | None = None
 ) -> Prepared:
-    """The dataset a benchmark command line names (--dataset, --movielens or --videos/--users/--events)."""
+    """The dataset a benchmark command line names (--dataset, --movielens, --videos/--users/--events or --events)."""
+    if args.dataset == "events":
+        log(f"watch log: {args.events}")
+        return prepare_events(Path(args.events), work, protocols, pipeline)
     if args.dataset == "synthetic":
         gen = GeneratorConfig(users=args.users, videos=args.videos, events=args.events, seed=SYNTHETIC_SEED)
         log(f"synthetic log: {gen.users} users, {gen.videos} videos, {gen.events} events")

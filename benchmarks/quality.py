@@ -5,6 +5,7 @@
     python -m benchmarks.quality --dataset synthetic --videos 10000 --users 10000 --events 500000 \\
         --protocols time_split --json benchmarks/results/quality/quality_synthetic.json
     python -m benchmarks.quality --dataset synthetic --videos 1000000 --budget-seconds 300 --json quality_1m.json
+    python -m benchmarks.quality --events data/log --history-pooling attention --json quality_mylog.json
 
 The dataset options are `benchmarks.datasets`' (the same in every benchmark); the pieces of the run live in
 `benchmarks.two_tower` (configs, grids, training), `benchmarks.baselines` (ALS, BPR, EASE), `benchmarks.protocol`
@@ -77,7 +78,7 @@ from benchmarks.report import format_deepmatch, format_table, write_report
 from benchmarks.schema import COMPARE_METRICS, LOSSES, METHODS, PROTOCOLS, SAMPLED_LOSSES, shape_results
 from benchmarks.targets import BOOT_SEED, N_BOOT, add_intervals
 from benchmarks.two_tower import TOWER_NOTE, TWO_TOWER_GRID, TWO_TOWER_GRID_NOTE, model_configs, with_tower
-from recsys.config import parse_widths, with_overrides
+from recsys.config import HISTORY_POOLINGS, parse_widths, with_overrides
 from recsys.metrics import exclusion_protocol
 
 BUDGET_SECONDS = 300.0  # the equal wall-clock budget per loss from BIG_CATALOGUE videos, unless --budget-seconds
@@ -146,6 +147,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--video-input-dim", type=int, default=None, help="width of the watch-history embeddings")
     parser.add_argument(
+        "--history-pooling",
+        choices=HISTORY_POOLINGS,
+        default=None,
+        help="how the user tower pools the watch history (default: ModelConfig's, the mean)",
+    )
+    parser.add_argument(
         "--max-examples-per-user",
         type=int,
         default=None,
@@ -197,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prepared = prepare_dataset(args, work, args.protocols, args.pipeline)
         log(f"examples ready for {', '.join(args.protocols)}")
         model_cfg, train_cfg = model_configs(prepared.kind, args.epochs, args.budget)
-        model_cfg = with_tower(model_cfg, args.hidden, args.video_input_dim)
+        model_cfg = with_tower(model_cfg, args.hidden, args.video_input_dim, args.history_pooling)
         # The tail sampler only matters to top-K-plus-random; the two-tower's validation follows the protocol.
         train_cfg = with_overrides(train_cfg, tail_sampler=args.tail_sampler, eval_exclude_history=args.exclude_history)
         args.two_tower_grid = dict(TWO_TOWER_GRID[prepared.kind])
@@ -217,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     methods = [m for m in METHODS if all(m in run.metrics for run in runs.values())]
     result: dict[str, Any] = shape_results({p: r.metrics for p, r in runs.items()}, args.protocols, methods)
     comparisons = add_intervals(result, runs, methods)
+    default_tower = (args.hidden, args.video_input_dim, args.history_pooling) == (None, None, None)
     result["meta"] = {
         "dataset": prepared.name,
         "mode": "equal wall-clock budget, sampled losses only" if args.budget else "same epochs and early stopping",
@@ -243,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "losses": list(args.losses),
                 "grid": {} if args.budget else {k: list(v) for k, v in args.two_tower_grid.items()},
                 "grid_note": None if args.budget else TWO_TOWER_GRID_NOTE[prepared.kind],
-                "tower_note": TOWER_NOTE if args.hidden is None and args.video_input_dim is None else None,
+                "tower_note": TOWER_NOTE if default_tower else None,
                 "chosen": {
                     p: {loss: info["chosen"] for loss, info in r.meta["losses"].items() if "chosen" in info}
                     for p, r in runs.items()

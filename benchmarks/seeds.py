@@ -39,7 +39,7 @@ from benchmarks.output import command_line, log, write_json
 from benchmarks.report import write_report
 from benchmarks.schema import METRIC_KEYS
 from benchmarks.two_tower import model_configs, score_chunk, score_two_tower, with_tower
-from recsys.config import ModelConfig, TrainConfig, parse_widths, with_overrides
+from recsys.config import HISTORY_POOLINGS, ModelConfig, TrainConfig, parse_widths, with_overrides
 from recsys.metrics import exclusion_protocol, metrics_from_ranks
 from training.data import ExampleSet, to_batch
 from training.train import train
@@ -161,6 +161,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, help="every variant's (default 0.4, validation's choice)")
     p.add_argument("--hidden", help="hidden widths, comma-separated ('' for depth 0; default: quality's)")
     p.add_argument("--video-input-dim", type=int, help="watch-history embedding width (default: quality's)")
+    p.add_argument("--history-pooling", choices=HISTORY_POOLINGS, help="watch-history pooling (default: quality's)")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated TrainConfig seeds")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated of {VARIANTS}")
     p.add_argument("--workdir", type=Path, help="kept and reused (default: a temp dir, removed)")
@@ -192,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         prepared = prepare_dataset(args, work, [args.protocol])
         model_cfg, base = model_configs(prepared.kind, args.epochs, budget=False)
-        model_cfg = with_tower(model_cfg, args.hidden, args.video_input_dim)
+        model_cfg = with_tower(model_cfg, args.hidden, args.video_input_dim, args.history_pooling)
         # The quality benchmark's base learning rate (0.4) is the one every time-split loss chose in its grid.
         base = with_overrides(base, learning_rate=args.learning_rate, eval_exclude_history=args.exclude_history)
         lr = base.learning_rate

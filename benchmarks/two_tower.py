@@ -26,6 +26,7 @@ from training.train import BIAS_FILE, EMBEDDINGS_FILE, Trainer, train
 TWO_TOWER_GRID: dict[str, dict[str, tuple[Any, ...]]] = {
     "movielens": {"learning_rate": (0.2, 0.4)},
     "synthetic": {"learning_rate": (0.4,)},
+    "events": {"learning_rate": (0.4,)},
 }
 # How the grid was fixed (recorded in each result's JSON, which is what its report prints). The MovieLens
 # exploration was not kept as a result file, so its figures are quoted here; the synthetic sweeps are.
@@ -48,6 +49,11 @@ TWO_TOWER_GRID_NOTE = {
         "and learning rate 0.4 alone: it won every loss of the earlier 6-epoch grid {0.2, 0.4} "
         "(benchmarks/results/history/quality/quality_synthetic_6ep.md), and one point per loss keeps the run near an "
         "hour on 2 cores."
+    ),
+    "events": (
+        "Not tuned on this log: the synthetic data's configuration and grid (learning rate 0.4, one hidden layer of "
+        "256, up to 200 examples per user); --learning-rates, --hidden, --video-input-dim and --history-pooling "
+        "change them."
     ),
 }
 # How each dataset kind's user tower was chosen: by FULL softmax's validation recall@100 (the reference the sampled
@@ -75,7 +81,7 @@ def model_configs(kind: str, epochs: int | None, budget: bool) -> tuple[ModelCon
             refresh_every=50,
             patience=4,
         )
-    else:  # synthetic: not tuned; m and K around sqrt(n) as the design suggests
+    else:  # synthetic or a log of your own: not tuned; m and K around sqrt(n) as the design suggests
         # One hidden layer: full softmax's validation recall beat depth 0 with it (TOWER_NOTE).
         model = ModelConfig(hidden=[256], embedding_dim=64)
         cfg = TrainConfig(
@@ -94,9 +100,14 @@ def model_configs(kind: str, epochs: int | None, budget: bool) -> tuple[ModelCon
     return model, cfg
 
 
-def with_tower(model_cfg: ModelConfig, hidden: list[int] | None, video_input_dim: int | None) -> ModelConfig:
-    """The model config with the command line's tower shape (None keeps the config's value)."""
-    return with_overrides(model_cfg, hidden=hidden, video_input_dim=video_input_dim)
+def with_tower(
+    model_cfg: ModelConfig,
+    hidden: list[int] | None,
+    video_input_dim: int | None,
+    history_pooling: str | None = None,
+) -> ModelConfig:
+    """The model config with the command line's tower shape and history pooling (None keeps the config's value)."""
+    return with_overrides(model_cfg, hidden=hidden, video_input_dim=video_input_dim, history_pooling=history_pooling)
 
 
 def grid_points(axes: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ import os
 from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -18,6 +18,8 @@ from pydantic_settings import (
 
 CONFIG_ENV = "RECSYS_CONFIG"
 DEFAULT_CONFIG_FILE = Path("recsys.toml")
+HistoryPooling = Literal["mean", "recency", "attention"]
+HISTORY_POOLINGS: tuple[str, ...] = get_args(HistoryPooling)
 
 
 class _Section(BaseModel):
@@ -83,6 +85,11 @@ class ModelConfig(_Section):
     category_dim: int = Field(8, ge=2)
     hidden: list[int] = Field(default_factory=lambda: [1024, 512, 256], max_length=4)
     output_bias: bool = True
+    history_pooling: HistoryPooling = Field(
+        "mean",
+        description="how the watch history becomes one vector: mean of its embeddings, a learned softmax over "
+        "position-from-the-end, or a self-attention block then a masked mean",
+    )
 
     @field_validator("hidden")
     @classmethod

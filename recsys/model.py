@@ -1,9 +1,11 @@
 """The user tower and the output-embedding layer (Covington et al. 2016, section 3).
 
-The tower maps a user's context (averaged watch-history and search-token embeddings, geography, device, gender,
-example age, normalised demographics) to a d-dimensional vector u. The output layer is a trainable table V [n, d]
-(plus an optional bias): the logit of video j is u . V[j] + b[j], and after training the rows of V are the video
-embeddings that retrieval indexes. There is no separate item network.
+The tower maps a user's context (pooled watch-history and averaged search-token embeddings, geography, device,
+gender, example age, normalised demographics) to a d-dimensional vector u. ModelConfig.history_pooling says how the
+history is pooled: the paper's plain mean, a learned recency-weighted mean, or a small self-attention block followed
+by a masked mean. The output layer is a trainable table V [n, d] (plus an optional bias): the logit of video j is
+u . V[j] + b[j], and after training the rows of V are the video embeddings that retrieval indexes. There is no
+separate item network.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from recsys.config import ModelConfig
-from recsys.sparse_optim import tf_variable
+from recsys.sparse_optim import gather_distinct, tf_variable
 
 PAD = -1  # padding value of the history and search-token id matrices
 SEQUENCE_FEATURES = ("history", "search_tokens")
@@ -24,6 +26,8 @@ CATEGORY_FEATURES = ("country", "device", "gender")
 NUMERIC_FEATURES = ("example_age_days", "age", "logged_in")
 _AGE_SCALE_DAYS = 30.0
 _N_NUMERIC = 4  # example age, its square, normalised age, logged_in: the columns of the numeric stack in call()
+ATTENTION_HEADS = 2
+_NEG = -1e9  # the logit of a masked entry: exp() of it minus any real logit is exactly 0 in float32
 
 
 @dataclass(frozen=True)
@@ -48,25 +52,63 @@ def feature_signature(max_history: int, max_tokens: int) -> dict[str, tf.TensorS
     return spec
 
 
+def history_rows(table: Any, ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Embedding rows [B, T, dim] of a padded id matrix (exact zeros at padding) and its validity mask [B, T]."""
+    table = table if isinstance(table, tf.Tensor) else tf_variable(table)  # a variable: gather rows, not a copy
+    valid = ids >= 0
+    # gather_distinct: a batch's histories repeat popular videos, so each distinct row is read (and updated) once.
+    rows = gather_distinct(table, tf.maximum(ids, 0)) * tf.cast(valid, table.dtype)[..., None]
+    return rows, valid
+
+
 def masked_mean(table: Any, ids: tf.Tensor) -> tf.Tensor:
     """Average of the embedding rows of the non-padding ids of each row (zeros for an empty row)."""
-    table = table if isinstance(table, tf.Tensor) else tf_variable(table)  # a variable: gather rows, not a copy
-    mask = tf.cast(ids >= 0, table.dtype)
-    rows = tf.gather(table, tf.maximum(ids, 0))
-    total = tf.reduce_sum(rows * mask[..., None], axis=1)
-    count = tf.reduce_sum(mask, axis=1, keepdims=True)
-    return total / tf.maximum(count, 1.0)
+    rows, valid = history_rows(table, ids)
+    return _mean_of_valid(rows, valid)
+
+
+def _mean_of_valid(rows: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+    """Mean over axis 1 of the rows whose mask is set (rows at padding must already be zero)."""
+    count = tf.reduce_sum(tf.cast(valid, rows.dtype), axis=1, keepdims=True)
+    return tf.reduce_sum(rows, axis=1) / tf.maximum(count, 1.0)
+
+
+def positions_from_end(valid: tf.Tensor, limit: int) -> tf.Tensor:
+    """Each entry's rank from its row's most recent non-padding entry (0 = most recent), capped at limit - 1.
+
+    Counted over the mask, not the column index, so the left-aligned training matrix and the serving graph's
+    (kept ids anywhere in a wider matrix) give every watch the same position.
+    """
+    later = tf.cumsum(tf.cast(valid, tf.int32), axis=1, reverse=True, exclusive=True)
+    return tf.minimum(later, limit - 1)
+
+
+def masked_softmax(logits: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+    """Softmax over axis 1 restricted to the valid entries: exact zeros elsewhere, all zeros for an empty row."""
+    masked = tf.where(valid, logits, tf.constant(_NEG, logits.dtype))
+    top = tf.reduce_max(masked, axis=1, keepdims=True)
+    weights = tf.where(valid, tf.exp(masked - top), tf.zeros_like(masked))
+    return weights / tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1e-30)
 
 
 @keras.saving.register_keras_serializable(package="recsys")
 class UserTower(keras.Model):
     """Context features -> user vector u of width embedding_dim."""
 
-    def __init__(self, sizes: Cardinalities, config: ModelConfig, **kwargs: Any) -> None:
-        """Create the input embeddings, the ReLU stack and the final projection to embedding_dim."""
+    def __init__(
+        self, sizes: Cardinalities, config: ModelConfig, max_history: int | None = None, **kwargs: Any
+    ) -> None:
+        """Create the input embeddings, the history pooling's parameters, the ReLU stack and the final projection.
+
+        ``max_history`` (the width of the training history matrix) sizes the position parameters of the recency
+        and attention poolings; the mean needs none.
+        """
         super().__init__(**kwargs)
+        if config.history_pooling != "mean" and (max_history is None or max_history < 1):
+            raise ValueError(f"history_pooling={config.history_pooling!r} needs max_history >= 1, got {max_history}")
         self.sizes = sizes
         self.config = config
+        self.max_history = max_history
         init = keras.initializers.RandomNormal(stddev=0.05)
         self.video_inputs = self.add_weight(
             shape=(sizes.videos, config.video_input_dim), initializer=init, name="video_input_embeddings"
@@ -80,11 +122,33 @@ class UserTower(keras.Model):
             )
             for name in CATEGORY_FEATURES
         }
+        self.recency_logits = self._recency_logits() if config.history_pooling == "recency" else None
+        self.position_embeddings = self._position_embeddings() if config.history_pooling == "attention" else None
+        self.attention = self._attention_layer() if config.history_pooling == "attention" else None
         self.hidden_layers = [
             keras.layers.Dense(width, activation="relu", name=f"hidden_{i}") for i, width in enumerate(config.hidden)
         ]
         # The last layer is linear: a ReLU output would confine u to the positive orthant and cripple MIPS.
         self.projection = keras.layers.Dense(config.embedding_dim, name="user_vector")
+
+    def _history_length(self) -> int:
+        """The position parameters' length (the constructor refused a non-mean pooling without one)."""
+        assert self.max_history is not None
+        return self.max_history
+
+    def _recency_logits(self) -> Any:
+        """One logit per position from the end; zeros, so the recency pooling starts as the plain mean."""
+        return self.add_weight(shape=(self._history_length(),), initializer="zeros", name="history_recency_logits")
+
+    def _position_embeddings(self) -> Any:
+        """A learned vector per position from the end, added to the watch's embedding (zeros: no order at first)."""
+        shape = (self._history_length(), self.config.video_input_dim)
+        return self.add_weight(shape=shape, initializer="zeros", name="history_position_embeddings")
+
+    def _attention_layer(self) -> keras.layers.MultiHeadAttention:
+        """Self-attention over the history: ATTENTION_HEADS heads splitting the history embedding's width."""
+        key_dim = max(1, self.config.video_input_dim // ATTENTION_HEADS)
+        return keras.layers.MultiHeadAttention(num_heads=ATTENTION_HEADS, key_dim=key_dim, name="history_attention")
 
     def input_width(self) -> int:
         """Width of the concatenated features that enter the first hidden layer."""
@@ -93,7 +157,12 @@ class UserTower(keras.Model):
 
     def get_config(self) -> dict[str, Any]:
         """The constructor's arguments as plain dicts, so a saved ``.keras`` file can rebuild the tower."""
-        return {**super().get_config(), "sizes": asdict(self.sizes), "config": self.config.model_dump(mode="json")}
+        return {
+            **super().get_config(),
+            "sizes": asdict(self.sizes),
+            "config": self.config.model_dump(mode="json"),
+            "max_history": self.max_history,
+        }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> UserTower:
@@ -103,6 +172,9 @@ class UserTower(keras.Model):
 
     def build(self, input_shape: Any = None) -> None:
         """Create the dense layers' weights from the known feature width, so no weight is made lazily."""
+        if self.attention is not None:
+            sequence = (None, None, self.config.video_input_dim)
+            self.attention.build(sequence, sequence)
         width = self.input_width()
         for layer in self.hidden_layers:
             layer.build((None, width))
@@ -123,7 +195,7 @@ class UserTower(keras.Model):
             axis=1,
         )
         parts = [
-            masked_mean(self.video_inputs, features["history"]),
+            self.pool_history(features["history"], training=training),
             masked_mean(self.token_inputs, features["search_tokens"]),
             *(tf.gather(tf_variable(self.category_tables[name]), features[name]) for name in CATEGORY_FEATURES),
             numeric,
@@ -132,6 +204,28 @@ class UserTower(keras.Model):
         for layer in self.hidden_layers:
             x = layer(x, training=training)
         return self.projection(x)
+
+    def pool_history(self, ids: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """The watch history [B, T] (oldest first, PAD anywhere) as one vector [B, video_input_dim]."""
+        if self.config.history_pooling == "mean":
+            return masked_mean(self.video_inputs, ids)
+        rows, valid = history_rows(self.video_inputs, ids)
+        positions = positions_from_end(valid, self._history_length())
+        if self.recency_logits is not None:
+            weights = masked_softmax(tf.gather(tf_variable(self.recency_logits), positions), valid)
+            return tf.reduce_sum(rows * weights[..., None], axis=1)
+        return self._attend(rows, valid, positions, training)
+
+    def _attend(self, rows: tf.Tensor, valid: tf.Tensor, positions: tf.Tensor, training: bool) -> tf.Tensor:
+        """Position-tagged watches through one residual self-attention block, then the mean over the real watches.
+
+        Padding is masked as keys (no watch attends to it) and left out of the mean, so it cannot change u.
+        """
+        assert self.attention is not None and self.position_embeddings is not None
+        mask = tf.cast(valid, rows.dtype)[..., None]
+        x = rows + tf.gather(tf_variable(self.position_embeddings), positions) * mask
+        x = x + self.attention(x, x, value_mask=valid, training=training)
+        return _mean_of_valid(x * mask, valid)
 
 
 @keras.saving.register_keras_serializable(package="recsys")
@@ -169,16 +263,23 @@ class OutputEmbedding(keras.layers.Layer):
 class TwoTower(keras.Model):
     """The user tower and the output layer trained together; the tower alone is exported for serving."""
 
-    def __init__(self, sizes: Cardinalities, config: ModelConfig, **kwargs: Any) -> None:
-        """Build both halves."""
+    def __init__(
+        self, sizes: Cardinalities, config: ModelConfig, max_history: int | None = None, **kwargs: Any
+    ) -> None:
+        """Build both halves (``max_history`` as UserTower takes it)."""
         super().__init__(**kwargs)
-        self.tower = UserTower(sizes, config, name="user_tower")
+        self.tower = UserTower(sizes, config, max_history, name="user_tower")
         self.output_layer = OutputEmbedding(sizes.videos, config.embedding_dim, config.output_bias, name="output")
 
     def get_config(self) -> dict[str, Any]:
         """The constructor's arguments as plain dicts, so ``model.save("x.keras")`` can rebuild both halves."""
         tower = self.tower
-        return {**super().get_config(), "sizes": asdict(tower.sizes), "config": tower.config.model_dump(mode="json")}
+        return {
+            **super().get_config(),
+            "sizes": asdict(tower.sizes),
+            "config": tower.config.model_dump(mode="json"),
+            "max_history": tower.max_history,
+        }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TwoTower:
@@ -198,7 +299,9 @@ class TwoTower(keras.Model):
 
 def build_model(sizes: Cardinalities, config: ModelConfig, max_history: int, max_tokens: int) -> TwoTower:
     """Create a two-tower model and run one dummy batch through it so every weight exists."""
-    model = TwoTower(sizes, config, name="two_tower")  # a fixed name: checkpoint keys are the weights' paths
+    model = TwoTower(
+        sizes, config, max_history, name="two_tower"
+    )  # a fixed name: checkpoint keys are the weights' paths
     dummy = {
         name: tf.zeros([1, *spec.shape[1:]], spec.dtype)
         for name, spec in feature_signature(max_history, max_tokens).items()

@@ -14,6 +14,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from recsys.sparse_optim import gather_distinct
+
 __all__ = [
     "ClassSample",
     "build_head",
@@ -263,9 +265,9 @@ def per_example_log_partition(
     keep = (cand >= 0) & tf.not_equal(cand, tf.expand_dims(y, 1)) & tf.not_equal(cand, prev)
     head = tf.concat([tf.expand_dims(y, 1), tf.where(keep, cand, tf.expand_dims(y, 1))], axis=1)  # [B, K+1]
     head_valid = tf.concat([tf.ones([batch, 1], tf.bool), keep], axis=1)
-    head_logits = tf.einsum("bd,bkd->bk", u, tf.gather(V, head))
+    head_logits = tf.einsum("bd,bkd->bk", u, gather_distinct(V, head))  # heads of a batch overlap heavily
     if b is not None:
-        head_logits += tf.gather(b, head)
+        head_logits += gather_distinct(b, head)
     label_logit = head_logits[:, 0]
     # Tail columns in sorted order, so membership of any per-example id in T is a binary search over T.
     order = tf.argsort(tf.cast(t, tf.int64))

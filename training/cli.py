@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from recsys.cli import settings_from
-from recsys.config import parse_widths, with_overrides
+from recsys.config import HISTORY_POOLINGS, parse_widths, with_overrides
 
 
 def register(app: typer.Typer) -> None:
@@ -34,6 +34,9 @@ def train(
     hidden: Annotated[str | None, typer.Option(help="tower widths, e.g. 1024,512,256 (empty: linear)")] = None,
     embedding_dim: Annotated[int | None, typer.Option()] = None,
     video_input_dim: Annotated[int | None, typer.Option(help="width of the watch-history input embeddings")] = None,
+    history_pooling: Annotated[
+        str | None, typer.Option(help=f"history pooling: {' | '.join(HISTORY_POOLINGS)}")
+    ] = None,
     index_spec: Annotated[str | None, typer.Option(help="FAISS factory string of the miner's index")] = None,
     resume: Annotated[bool, typer.Option(help="continue a killed run from its last checkpoint")] = False,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -48,7 +51,11 @@ def train(
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--hidden") from None
     model_cfg = with_overrides(
-        settings.model, hidden=widths, embedding_dim=embedding_dim, video_input_dim=video_input_dim
+        settings.model,
+        hidden=widths,
+        embedding_dim=embedding_dim,
+        video_input_dim=video_input_dim,
+        history_pooling=history_pooling,
     )
     cfg = with_overrides(
         settings.train,

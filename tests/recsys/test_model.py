@@ -99,3 +99,106 @@ def test_each_layer_round_trips_through_its_config() -> None:
         assert config["registered_name"] == f"recsys>{type(layer).__name__}"
         rebuilt = keras.saving.deserialize_keras_object(config)
         assert type(rebuilt) is type(layer) and rebuilt.get_config() == layer.get_config()
+
+
+POOLINGS = ("mean", "recency", "attention")
+SEQUENCE_POOLINGS = ("recency", "attention")
+
+
+def _tower(pooling: str, max_history: int = 6, seed: int = 0) -> UserTower:
+    """A small tower with the given pooling whose zero-initialised position parameters are randomised."""
+    config = ModelConfig(embedding_dim=8, video_input_dim=8, token_input_dim=4, category_dim=2, hidden=[16])
+    tower = build_model(SIZES, config.model_copy(update={"history_pooling": pooling}), max_history, 3).tower
+    rng = np.random.default_rng(seed)
+    for weight in (tower.recency_logits, tower.position_embeddings):
+        if weight is not None:
+            weight.assign(rng.normal(size=weight.shape).astype(np.float32))
+    return tower
+
+
+def _history_batch(n: int, seed: int = 0) -> dict[str, tf.Tensor]:
+    """``batch`` with histories of 0-6 real watches, ids >= 1 (row 0 is only ever gathered for padding)."""
+    features = batch(n, seed)
+    rng = np.random.default_rng(seed)
+    history = rng.integers(1, SIZES.videos, size=(n, 6)).astype(np.int32)
+    for row, length in enumerate(rng.integers(0, 7, size=n)):
+        history[row, length:] = PAD
+    history[0] = PAD  # cold start
+    history[1] = rng.integers(1, SIZES.videos, size=6)  # a full history
+    return {**features, "history": tf.constant(history)}
+
+
+def test_pooling_needs_the_history_length_and_mean_ignores_it() -> None:
+    with pytest.raises(ValueError, match="max_history"):
+        UserTower(SIZES, ModelConfig(history_pooling="attention"))
+    assert UserTower(SIZES, ModelConfig()).recency_logits is None
+
+
+def test_recency_pooling_starts_as_the_mean_and_then_weighs_by_position() -> None:
+    tower = build_model(SIZES, ModelConfig(embedding_dim=8, history_pooling="recency"), 6, 3).tower
+    ids = _history_batch(9)["history"]
+    np.testing.assert_allclose(tower.pool_history(ids), masked_mean(tower.video_inputs, ids), rtol=1e-6, atol=1e-7)
+    tower.recency_logits.assign([5.0, 0, 0, 0, 0, 0])  # almost all weight on the most recent watch
+    last = tf.gather(tower.video_inputs, [[3]])[:, 0]
+    got = tower.pool_history(tf.constant([[7, 9, 3, PAD, PAD, PAD]]))
+    np.testing.assert_allclose(got, last, atol=0.05)
+
+
+@pytest.mark.parametrize("pooling", SEQUENCE_POOLINGS)
+def test_padding_never_changes_the_user_vector(pooling: str) -> None:
+    tower = _tower(pooling)
+    features = _history_batch(12, seed=4)
+    u = tower(features).numpy()
+    assert np.isfinite(u).all() and np.isfinite(u[0]).all()  # row 0: an all-padding history
+
+    # Row 0 of the table is what padding gathers; no real watch uses it here.
+    table = tower.video_inputs
+    table.assign(tf.tensor_scatter_nd_update(table, [[0]], [np.full(8, 1e3, np.float32)]))
+    np.testing.assert_array_equal(tower(features).numpy(), u)
+
+    history = features["history"].numpy()
+    wider = np.concatenate([history, np.full((len(history), 5), PAD, np.int32)], axis=1)
+    np.testing.assert_allclose(tower({**features, "history": tf.constant(wider)}).numpy(), u, rtol=1e-5, atol=1e-6)
+    # The serving graph's layout: the kept watches at the end of a wider row, padding before them.
+    right = np.full_like(wider, PAD)
+    for row, ids in enumerate(history):
+        kept = ids[ids >= 0]
+        right[row, right.shape[1] - len(kept) :] = kept
+    np.testing.assert_allclose(tower({**features, "history": tf.constant(right)}).numpy(), u, rtol=1e-5, atol=1e-6)
+
+    # The order of the real watches matters (this is not a mean): reverse the full history of row 1.
+    flipped = history.copy()
+    flipped[1] = flipped[1][::-1]
+    assert not np.allclose(tower({**features, "history": tf.constant(flipped)}).numpy()[1], u[1])
+
+
+@pytest.mark.parametrize("pooling", SEQUENCE_POOLINGS)
+def test_pooling_parameters_train_and_never_read_the_video_table_whole(pooling: str) -> None:
+    tower = _tower(pooling, max_history=6)
+    features = _history_batch(5)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tower(features, training=True))
+    new = [w for w in tower.trainable_weights if "history" in w.path]
+    assert new and all(g is not None for g in tape.gradient(loss, [w.value for w in new]))
+
+    spec = {name: tf.TensorSpec([None, *t.shape[1:]], t.dtype) for name, t in features.items()}
+    graph = tf.function(tower, autograph=False).get_concrete_function(spec).graph
+    reads = [op.outputs[0].shape for op in graph.get_operations() if op.type == "ReadVariableOp"]
+    assert all(shape.rank == 0 or shape[0] != SIZES.videos for shape in reads)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_every_pooling_round_trips_through_a_keras_file(tmp_path: Path, pooling: str) -> None:
+    config = ModelConfig(embedding_dim=8, video_input_dim=8, token_input_dim=4, category_dim=2, history_pooling=pooling)
+    model = build_model(SIZES, config, max_history=6, max_tokens=3)
+    rng = np.random.default_rng(1)
+    for weight in model.tower.weights:  # no weight keeps its initial value, so an unloaded one shows
+        weight.assign(rng.normal(scale=0.1, size=weight.shape).astype(np.float32))
+    model.save(tmp_path / "model.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.tower.config == config and loaded.tower.max_history == 6
+    assert [w.path for w in loaded.tower.weights] == [w.path for w in model.tower.weights]
+    features = _history_batch(9, seed=2)
+    np.testing.assert_array_equal(loaded.tower(features).numpy(), model.tower(features).numpy())

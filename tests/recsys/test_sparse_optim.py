@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from recsys import softmax as sm
-from recsys.sparse_optim import RowScale, SparseAdagrad, SparseSGD, deduplicate, tf_variable
+from recsys.sparse_optim import RowScale, SparseAdagrad, SparseSGD, deduplicate, gather_distinct, tf_variable
 
 LR, INIT, EPS = 0.3, 0.1, 1e-7
 
@@ -206,3 +206,17 @@ def test_tail_correction_restores_the_exact_gradients_expected_accumulator() -> 
     exact = g * g
     assert abs(growth["corrected"] - exact) < 0.1 * exact
     assert abs(growth["raw"] - exact / q) < 0.1 * exact / q
+
+
+def test_gather_distinct_equals_gather_with_one_gradient_slice_per_row():
+    table = tf.Variable(np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32))
+    ids = tf.constant([[3, 7, 3], [7, 7, 9]], tf.int64)
+    weights = tf.constant(np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+    with tf.GradientTape(persistent=True) as tape:
+        distinct = tf.reduce_sum(gather_distinct(table, ids) * weights)
+        plain = tf.reduce_sum(tf.gather(table, ids) * weights)
+    np.testing.assert_allclose(distinct.numpy(), plain.numpy(), rtol=1e-6)
+    grad = tape.gradient(distinct, table)
+    reference = tf.convert_to_tensor(tape.gradient(plain, table))
+    assert sorted(grad.indices.numpy().tolist()) == [3, 7, 9]  # the plain gather's gradient has 6 slices
+    np.testing.assert_allclose(tf.convert_to_tensor(grad).numpy(), reference.numpy(), rtol=1e-6)

@@ -78,7 +78,29 @@ def test_round_trip(run_dir, exported):
     assert bundle.queries is not None and bundle.queries.shape == (min(2000, data.count("test")), 16)
 
 
+@pytest.fixture(scope="module", params=["recency", "attention"])
+def pooled_run(request: pytest.FixtureRequest, synthetic_examples: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny finished run of a sequence-aware history pooling, and a bundles directory with its export."""
+    root = tmp_path_factory.mktemp(f"export-{request.param}")
+    model_cfg = SMALL.model_copy(update={"history_pooling": request.param})
+    cfg = TrainConfig(loss="inbatch", batch_size=256, epochs=1, eval_max_examples=300, shuffle_window=2000)
+    train(synthetic_examples, root / "run", model_cfg, cfg, progress=False)
+    export_bundle(root / "run", root / "bundles")
+    return root / "run", root / "bundles"
+
+
 def test_saved_model_matches_training_tower_on_raw_inputs(run_dir, exported):
+    _check_saved_tower(run_dir, exported)
+
+
+def test_saved_model_of_a_sequence_pooling_matches_its_training_tower(pooled_run):
+    run, bundles = pooled_run
+    assert load_bundle(bundles).config["model"]["history_pooling"] in ("recency", "attention")
+    _check_saved_tower(run, bundles)
+
+
+def _check_saved_tower(run_dir: Path, exported: Path) -> None:
+    """The SavedModel on raw strings gives the training tower's user vectors (cold start, OOV, wider histories)."""
     data, model = load_run(run_dir)
     tower = load_bundle(exported).user_tower()
     batch = to_batch(data.read("test", 64), data.max_history, data.max_tokens)
