@@ -10,7 +10,7 @@ LOCK_EXTRAS := cpu spark train serve bench dev
 UV_VERSION ?= 0.13.9
 
 .PHONY: install lock demo test test-fast lint format bench-pipeline bench-quality bench-quality-history bench-softmax \
-	bench-results-index clean
+	bench-train-step bench-results-index clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -87,6 +87,10 @@ bench-quality-history: install
 
 bench-softmax: install
 	$(BIN)/python -m benchmarks.softmax_scaling --json benchmarks/results/softmax_scaling/softmax_scaling.json
+
+# The training job's own step (real tower) at 10k / 100k / 1M videos, every loss side by side (~15 min).
+bench-train-step: install
+	$(BIN)/python -m benchmarks.train_step --json benchmarks/results/train_step/train_step.json
 
 # benchmarks/results/README.md: every committed result, its command and headline numbers, from the JSON files.
 bench-results-index: install

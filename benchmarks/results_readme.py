@@ -88,6 +88,12 @@ RESULTS: tuple[Result, ...] = (
         "Training step time of each loss at 10k, 100k and 1M videos (`make bench-softmax`).",
     ),
     result(
+        "train_step",
+        "train_step/train_step.json",
+        "Seconds per step of the trainer `recsys train` runs (real tower, batch 1024) at 10k, 100k and 1M videos, "
+        "with its per-part profile.",
+    ),
+    result(
         "index",
         "index/index.json",
         "Retrieval index on 1M x 256 synthetic embeddings and, with `--bundle`, a 100k-video bundle trained on a "
@@ -235,6 +241,15 @@ def _softmax_scaling(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _train_step(r: dict[str, Any]) -> list[str]:
+    """Each variant's step at each size, and its ratio to log-uniform's."""
+    lines = []
+    for size, ratios in r.get("over_loguniform", {}).items():
+        parts = ", ".join(f"{v} {r['step_s'][v][size] * 1000:.0f} ms ({ratios[v]}x)" for v in ratios)
+        lines.append(f"{int(size):,} videos: {parts}")
+    return lines
+
+
 def _index_line(name: str, r: dict[str, Any]) -> str:
     """The default index of one data set against exact search."""
     params = ", ".join(f"{k} {v}" for k, v in r["default_params"].items())
@@ -306,6 +321,7 @@ def _sweep_result(r: dict[str, Any]) -> list[str]:
 HEADLINES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "pipeline": _pipeline,
     "softmax_scaling": _softmax_scaling,
+    "train_step": _train_step,
     "index": _index,
     "serving": _serving,
     "quality": _quality_result,
