@@ -54,6 +54,9 @@ from recsys.metrics import Scorer, dot_scorer, label_ranks, metrics_from_ranks, 
 from recsys.schemas import OOV_INDEX, TIMESTAMP
 from training.data import Batch, ExampleSet, to_batch
 from training.evaluate import evaluate_run
+from training.train import Trainer
+
+CURVE_EXAMPLES = 2000  # test examples scored at each point of the budget mode's recall-against-time curve
 
 
 @dataclass
@@ -326,8 +329,30 @@ def run_budget_protocol(
     def share(scorer: Scorer) -> float | None:
         return planted(scorer) if planted is not None else None
 
+    # The curve's checkpoints score a fixed subset of the test examples (the final figures use all of them).
+    subset = {k: v[:CURVE_EXAMPLES] for k, v in test.items()}
+    subset_exclude = subset["history"] if args.exclude_history else None
+    subset_planted = planted_share(prepared, data, test_table.slice(0, CURVE_EXAMPLES), subset_exclude, chunk)
+
+    def checkpoint(trainer: Trainer) -> dict[str, float]:
+        layer = trainer.model.output_layer
+        bias = layer.bias.numpy() if layer.bias is not None else None
+        scorer = dot_scorer(trainer.user_vectors(subset), layer.table.numpy(), bias)
+        ranks = label_ranks(scorer, subset["label"], subset_exclude, chunk)
+        point = {"recall@100": round(metrics_from_ranks(ranks)["recall@100"], 5)}
+        if subset_planted is not None:
+            point["topic_share@100"] = round(subset_planted(scorer), 5)
+        return point
+
     for loss in args.losses:
-        trainer, info = train_for_budget(examples, model_cfg, with_overrides(train_cfg, loss=loss), args.budget_seconds)
+        trainer, info = train_for_budget(
+            examples,
+            model_cfg,
+            with_overrides(train_cfg, loss=loss),
+            args.budget_seconds,
+            checkpoint if args.curve_points else None,
+            args.curve_points,
+        )
         layer = trainer.model.output_layer
         bias = layer.bias.numpy() if layer.bias is not None else None
         scorer = dot_scorer(trainer.user_vectors(test), layer.table.numpy(), bias)

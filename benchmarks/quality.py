@@ -129,6 +129,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-test-examples", type=int, default=None, help="budget mode test subset (default 5000)")
     parser.add_argument(
+        "--curve-points",
+        type=int,
+        default=6,
+        help="budget mode: test recall@100 (and planted-topic share) measured this many times during each loss's "
+        "budget, clock stopped, on the first 2,000 test examples (0: none)",
+    )
+    parser.add_argument(
         "--tail-sampler",
         choices=["uniform", "loguniform"],
         default="uniform",

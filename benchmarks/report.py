@@ -385,6 +385,33 @@ def plot_training(protocol: str, losses: dict[str, Any], out: Path) -> bool:
     return True
 
 
+def plot_budget_curve(protocol: str, losses: dict[str, Any], out: Path) -> bool:
+    """Budget mode: test recall@100 and planted-topic share against training seconds per loss; False if no curve."""
+    curves = {m: info["curve"] for m, info in losses.items() if isinstance(info, dict) and info.get("curve")}
+    if not curves:
+        return False
+    shares = any("topic_share@100" in p for c in curves.values() for p in c)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2 if shares else 1, figsize=(12 if shares else 7, 4.5), squeeze=False)
+    keys = ["recall@100", "topic_share@100"] if shares else ["recall@100"]
+    for ax, key in zip(axes[0], keys, strict=True):
+        for i, method in enumerate(LOSSES):
+            if method in curves:
+                points = [p for p in curves[method] if key in p]
+                ax.plot(
+                    [p["seconds"] for p in points], [p[key] for p in points], marker="o", color=f"C{i}", label=method
+                )
+        ax.set_xlabel("training seconds (evaluation excluded)")
+        ax.set_ylabel(f"test {key} (curve subset)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    fig.suptitle(f"{PROTOCOL_NAMES.get(protocol, protocol)}: quality against wall-clock at an equal budget")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def format_table(protocol: str, metrics: dict[str, dict[str, float]], meta: dict[str, Any], dataset: str) -> str:
     """The plain-text table `benchmarks.quality` prints for one protocol: validation and test metrics, time, checks."""
     lines = [
@@ -594,6 +621,9 @@ def write_quality_report(json_path: Path, out_dir: Path | None = None) -> list[P
         training = out_dir / f"{json_path.stem}_training_{protocol}.png"
         if plot_training(protocol, losses, training):
             written.append(training)
+        budget_curve = out_dir / f"{json_path.stem}_budget_curve_{protocol}.png"
+        if plot_budget_curve(protocol, losses, budget_curve):
+            written.append(budget_curve)
     md = out_dir / f"{json_path.stem}.md"
     write_markdown(result, json_path, md, written)
     return [md, *written]

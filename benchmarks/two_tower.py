@@ -7,7 +7,7 @@ import itertools
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from benchmarks.output import log
 from benchmarks.schema import METRIC_KEYS
 from recsys.config import ModelConfig, TrainConfig, with_overrides
 from recsys.metrics import Scorer, dot_scorer, label_ranks
-from training.data import Batch, ExampleSet, iterate_batches
+from training.data import Batch, ExampleSet, iterate_batches, with_next
 from training.evaluate import load_run, user_vectors
 from training.train import BIAS_FILE, EMBEDDINGS_FILE, Trainer, train
 
@@ -214,34 +214,56 @@ def tune_loss(
 
 
 def train_for_budget(
-    examples: Path, model_cfg: ModelConfig, cfg: TrainConfig, seconds: float
+    examples: Path,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    seconds: float,
+    checkpoint: Callable[[Trainer], dict[str, float]] | None = None,
+    checkpoints: int = 0,
 ) -> tuple[Trainer, dict[str, Any]]:
-    """Train with one loss until `seconds` of wall-clock have passed (index builds included; no evaluation)."""
+    """Train with one loss until `seconds` of wall-clock have passed (index builds included; no evaluation).
+
+    With `checkpoint`, it is called `checkpoints` times at equal shares of the budget with the clock stopped, and its
+    figures are recorded with the training seconds and steps at that point (a quality-against-time curve).
+    """
     data = ExampleSet.open(examples)
     trainer = Trainer(data, model_cfg, cfg)
     files = data.files("train")
     step, epoch, loss = 0, 0, float("nan")
+    curve: list[dict[str, float]] = []
+    paused = 0.0
     start = time.perf_counter()
+    marks = [seconds * (i + 1) / checkpoints for i in range(checkpoints)] if checkpoint is not None else []
     out_of_time = False
-    while not out_of_time:
-        batches = iterate_batches(
-            files,
-            cfg.batch_size,
-            data.max_history,
-            data.max_tokens,
-            seed=cfg.seed,
-            epoch=epoch,
-            window=cfg.shuffle_window,
-        )
-        for batch in batches:
-            loss = trainer.step(step, batch)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"{cfg.loss}: loss became {loss} at step {step}")
-            step += 1
-            if time.perf_counter() - start >= seconds:
-                out_of_time = True
-                break
-        epoch += 1
+    try:
+        while not out_of_time:
+            batches = iterate_batches(
+                files,
+                cfg.batch_size,
+                data.max_history,
+                data.max_tokens,
+                seed=cfg.seed,
+                epoch=epoch,
+                window=cfg.shuffle_window,
+            )
+            for batch, next_batch in with_next(batches):
+                loss = trainer.step(step, batch, next_batch)  # as the training job: the next head mined meanwhile
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"{cfg.loss}: loss became {loss} at step {step}")
+                step += 1
+                used = time.perf_counter() - start - paused
+                if marks and used >= marks[0] and checkpoint is not None:
+                    marks.pop(0)
+                    t0 = time.perf_counter()
+                    curve.append({"seconds": round(used, 1), "steps": step, **checkpoint(trainer)})
+                    paused += time.perf_counter() - t0
+                if used >= seconds:
+                    out_of_time = True
+                    break
+            epoch += 1
+    finally:
+        trainer.close()
+    start += paused  # the checkpoints' evaluation time is not training time
     seconds_used = time.perf_counter() - start
     per_epoch = max(data.count("train") // cfg.batch_size, 1)
     info = {
@@ -250,5 +272,7 @@ def train_for_budget(
         "train_s": round(seconds_used, 2),
         "last_loss": loss,
         "miner_refreshes": len(trainer.miner.history) if trainer.miner is not None else 0,
+        "step_profile_s": trainer.step_profile(),
+        "curve": curve,
     }
     return trainer, info

@@ -176,6 +176,15 @@ def iterate_batches(
             emitted += 1
 
 
+def with_next(batches: Iterator[Batch]) -> Iterator[tuple[Batch, Batch | None]]:
+    """Each batch with the one after it (None for the last), so a step can start mining its successor's head."""
+    current = next(batches, None)
+    while current is not None:
+        following = next(batches, None)
+        yield current, following
+        current = following
+
+
 def history_exclusion(batch: Batch) -> np.ndarray:
     """Per-example ids to exclude from retrieval (the watch history), padded with PAD."""
     return batch["history"]

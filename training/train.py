@@ -7,7 +7,6 @@ import logging
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from recsys.model import PAD, TwoTower, build_model, feature_signature
 from recsys.publish import publish_file, publish_json, publish_npy
 from recsys.softmax import estimator_diagnostics
 from recsys.sparse_optim import SparseAdagrad, tf_variable
-from training.data import Batch, ExampleSet, batches_per_epoch, iterate_batches, to_batch
+from training.data import Batch, ExampleSet, batches_per_epoch, iterate_batches, to_batch, with_next
 from training.losses import LossHead
 from training.miner import NegativeMiner
 
@@ -260,15 +259,6 @@ class Trainer:
         return result
 
 
-def _with_next(items: Iterator[Batch]) -> Iterator[tuple[Batch, Batch | None]]:
-    """Each item with the one after it (None for the last), so a step can start mining its successor's head."""
-    current = next(items, None)
-    while current is not None:
-        following = next(items, None)
-        yield current, following
-        current = following
-
-
 def _key(var: Any) -> str:
     """A checkpoint key from a variable's Keras path (e.g. "two_tower/user_tower/hidden_0/kernel")."""
     return var.path.replace("/", ".")
@@ -348,7 +338,7 @@ def train(
                 window=cfg.shuffle_window,
                 skip_batches=state.batch_in_epoch,
             )
-            for batch, next_batch in _with_next(batches):
+            for batch, next_batch in with_next(batches):
                 loss = trainer.step(state.step, batch, next_batch)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at step {state.step}; last checkpoint kept")
