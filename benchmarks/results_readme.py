@@ -118,6 +118,14 @@ RESULTS: tuple[Result, ...] = (
         "Synthetic 10k catalogue, time split, the current defaults (`make bench-quality`).",
         *(*_SYNTHETIC_10K, "--protocols", "time_split"),
     ),
+    result(
+        "quality",
+        "quality/quality_synthetic_1m_900s.json",
+        "1M videos, the three sampled losses at an equal 900 s each with the current defaults, evaluated as served, "
+        "with test recall@100 and planted-topic share against training seconds (`--curve-points`, default 6).",
+        *(*_SYNTHETIC_1M, "--budget-seconds", "900", "--losses", "topk_random,loguniform,inbatch"),
+        *("--protocols", "time_split", "--workdir", "out/q1m"),
+    ),
     unfiltered(
         "quality",
         "quality/quality_synthetic_1m_480s.json",

@@ -19,7 +19,7 @@ from recsys.config import ModelConfig, TrainConfig, with_overrides
 from recsys.metrics import Scorer, dot_scorer, label_ranks
 from training.data import Batch, ExampleSet, iterate_batches, with_next
 from training.evaluate import load_run, user_vectors
-from training.train import BIAS_FILE, EMBEDDINGS_FILE, Trainer, train
+from training.train import RUN_BIAS_FILE, RUN_EMBEDDINGS_FILE, Trainer, train
 
 # Two-tower grid per dataset kind, searched per loss and protocol on validation recall@100 (keys: TrainConfig or
 # ModelConfig fields); every point trains up to the epoch cap with early stopping and its best epoch counts.
@@ -136,7 +136,9 @@ def score_chunk(n_videos: int) -> int:
 def two_tower_scorer(run_dir: Path, batch: Batch) -> Scorer:
     """Exact full-catalogue scores of a finished run's best epoch for the batch's examples."""
     _, model = load_run(run_dir)
-    return dot_scorer(user_vectors(model, batch), np.load(run_dir / EMBEDDINGS_FILE), np.load(run_dir / BIAS_FILE))
+    return dot_scorer(
+        user_vectors(model, batch), np.load(run_dir / RUN_EMBEDDINGS_FILE), np.load(run_dir / RUN_BIAS_FILE)
+    )
 
 
 def score_two_tower(run_dir: Path, batch: Batch, exclude: np.ndarray | None, chunk: int) -> np.ndarray:

@@ -52,6 +52,20 @@ def feature_signature(max_history: int, max_tokens: int) -> dict[str, tf.TensorS
     return spec
 
 
+FEATURE_NAMES = tuple(feature_signature(1, 1))  # the tower's input names, in signature order
+
+
+def _constructor_config(sizes: Cardinalities, config: ModelConfig, max_history: int | None) -> dict[str, Any]:
+    """The model classes' shared constructor arguments as plain JSON values (their Keras config)."""
+    return {"sizes": asdict(sizes), "config": config.model_dump(mode="json"), "max_history": max_history}
+
+
+def _constructor_arguments(config: dict[str, Any]) -> tuple[Cardinalities, ModelConfig, dict[str, Any]]:
+    """The inverse of _constructor_config: sizes, model config and the remaining keyword arguments."""
+    rest = dict(config)
+    return Cardinalities(**rest.pop("sizes")), ModelConfig(**rest.pop("config")), rest
+
+
 def history_rows(table: Any, ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Embedding rows [B, T, dim] of a padded id matrix (exact zeros at padding) and its validity mask [B, T]."""
     table = table if isinstance(table, tf.Tensor) else tf_variable(table)  # a variable: gather rows, not a copy
@@ -157,18 +171,13 @@ class UserTower(keras.Model):
 
     def get_config(self) -> dict[str, Any]:
         """The constructor's arguments as plain dicts, so a saved ``.keras`` file can rebuild the tower."""
-        return {
-            **super().get_config(),
-            "sizes": asdict(self.sizes),
-            "config": self.config.model_dump(mode="json"),
-            "max_history": self.max_history,
-        }
+        return {**super().get_config(), **_constructor_config(self.sizes, self.config, self.max_history)}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> UserTower:
         """A tower from ``get_config``'s dict (Keras restores the weights afterwards)."""
-        rest = dict(config)
-        return cls(Cardinalities(**rest.pop("sizes")), ModelConfig(**rest.pop("config")), **rest)
+        sizes, model_config, rest = _constructor_arguments(config)
+        return cls(sizes, model_config, **rest)
 
     def build(self, input_shape: Any = None) -> None:
         """Create the dense layers' weights from the known feature width, so no weight is made lazily."""
@@ -274,18 +283,13 @@ class TwoTower(keras.Model):
     def get_config(self) -> dict[str, Any]:
         """The constructor's arguments as plain dicts, so ``model.save("x.keras")`` can rebuild both halves."""
         tower = self.tower
-        return {
-            **super().get_config(),
-            "sizes": asdict(tower.sizes),
-            "config": tower.config.model_dump(mode="json"),
-            "max_history": tower.max_history,
-        }
+        return {**super().get_config(), **_constructor_config(tower.sizes, tower.config, tower.max_history)}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TwoTower:
         """A model from ``get_config``'s dict (Keras restores the weights afterwards)."""
-        rest = dict(config)
-        return cls(Cardinalities(**rest.pop("sizes")), ModelConfig(**rest.pop("config")), **rest)
+        sizes, model_config, rest = _constructor_arguments(config)
+        return cls(sizes, model_config, **rest)
 
     def build(self, input_shape: Any = None) -> None:
         """Build the tower (the output layer's weights already exist)."""

@@ -12,13 +12,11 @@ import tensorflow as tf
 from recsys.config import ModelConfig
 from recsys.errors import InputError
 from recsys.metrics import dot_scorer, exclusion_protocol, label_ranks, metrics_from_ranks, popularity_scorer
-from recsys.model import TwoTower, build_model, feature_signature
+from recsys.model import FEATURE_NAMES, TwoTower, build_model
 from recsys.publish import publish_json
 from recsys.stats import compare, summarise
 from training.data import Batch, ExampleSet, to_batch
-from training.train import BIAS_FILE, EMBEDDINGS_FILE, RUN_FILE
-
-FEATURE_NAMES = tuple(feature_signature(1, 1))
+from training.train import RUN_BIAS_FILE, RUN_EMBEDDINGS_FILE, RUN_FILE
 
 
 def load_run(run: Path) -> tuple[ExampleSet, TwoTower]:
@@ -52,8 +50,8 @@ def evaluate_run(run: Path, split: str = "test", exclude_history: bool = True) -
     if len(batch["label"]) == 0:
         raise InputError(f"{data.directory}: the {split} split is empty")
     exclude = batch["history"] if exclude_history else None
-    table = np.load(run / EMBEDDINGS_FILE)
-    bias = np.load(run / BIAS_FILE)
+    table = np.load(run / RUN_EMBEDDINGS_FILE)
+    bias = np.load(run / RUN_BIAS_FILE)
     model_scores = dot_scorer(user_vectors(model, batch), table, bias)
     ranks = {
         "model": label_ranks(model_scores, batch["label"], exclude),

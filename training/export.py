@@ -276,15 +276,15 @@ def export_bundle(
     is published unless every check passes; a failure leaves `out` as it was.
     """
     from training.evaluate import load_run
-    from training.train import BIAS_FILE, EMBEDDINGS_FILE, REPORT_FILE, RUN_FILE
+    from training.train import REPORT_FILE, RUN_BIAS_FILE, RUN_EMBEDDINGS_FILE, RUN_FILE
 
     run = Path(run)
     _run_files(run)
     data, model = load_run(run)
     meta = json.loads((run / RUN_FILE).read_text())
     report = json.loads((run / REPORT_FILE).read_text())
-    embeddings = np.load(run / EMBEDDINGS_FILE)
-    bias = np.load(run / BIAS_FILE)
+    embeddings = np.load(run / RUN_EMBEDDINGS_FILE)
+    bias = np.load(run / RUN_BIAS_FILE)
     pipeline_cfg = json.loads((data.directory / "report.json").read_text())["config"]
     return export_model(
         model,

@@ -13,7 +13,6 @@ if given, is folded into the search as an extra coordinate: [V_j, b_j] · [u, 1]
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from recsys.config import TrainConfig
+from recsys.index import ivf_nlist
 from recsys.sparse_optim import tf_variable
 
 __all__ = ["NegativeMiner", "RefreshStats", "TouchedRows", "default_ivf_spec"]
@@ -33,14 +33,16 @@ _PARALLEL_WORK = 2e7  # multiply-adds below which a search runs on one thread
 log = logging.getLogger(__name__)
 
 
+# Lower than serving's recsys.index.FLAT_LIMIT on purpose: the miner searches a whole batch (1024 queries) at once,
+# where an exact scan costs B*n*d and IVF's fixed costs are shared, so IVF pays off at a smaller catalogue.
 EXACT_BELOW = 20_000
 
 
 def default_ivf_spec(n: int) -> str:
-    """The default index: exact below EXACT_BELOW rows (cheaper than any IVF there), else IVF with ~4*sqrt(n) lists."""
+    """The default index: exact below EXACT_BELOW rows (cheaper than any IVF there), else IVF as serving sizes it."""
     if n < EXACT_BELOW:
         return "Flat"
-    return f"IVF{max(1, round(4 * math.sqrt(n)))},Flat"
+    return f"IVF{ivf_nlist(n)},Flat"
 
 
 @dataclass(frozen=True)

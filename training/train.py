@@ -20,7 +20,7 @@ from recsys.config import ModelConfig, TrainConfig
 from recsys.errors import InputError
 from recsys.logs import progress_enabled, progress_line
 from recsys.metrics import dot_scorer, label_ranks, metrics_from_ranks, popularity_scorer
-from recsys.model import PAD, TwoTower, build_model, feature_signature
+from recsys.model import FEATURE_NAMES, PAD, TwoTower, build_model, feature_signature
 from recsys.publish import publish_file, publish_json, publish_npy
 from recsys.softmax import estimator_diagnostics
 from recsys.sparse_optim import SparseAdagrad, tf_variable
@@ -31,9 +31,8 @@ from training.miner import NegativeMiner
 STATE_FILE = "state.json"
 REPORT_FILE = "report.json"
 RUN_FILE = "run.json"
-EMBEDDINGS_FILE = "video_embeddings.npy"
-BIAS_FILE = "video_bias.npy"
-FEATURE_NAMES = tuple(feature_signature(1, 1))
+RUN_EMBEDDINGS_FILE = "video_embeddings.npy"
+RUN_BIAS_FILE = "video_bias.npy"
 DIAGNOSTICS_BUDGET = 1 << 25  # examples x videos scored exactly by the diagnostics (~1 GB of working memory)
 
 
@@ -292,20 +291,17 @@ def train(
         state = TrainState.load(out)
         if state.checkpoint:
             trainer.checkpoint.restore(state.checkpoint).assert_existing_objects_matched()
-    (out / RUN_FILE).write_text(
-        json.dumps(
-            {
-                "examples": str(examples.resolve()),
-                "model": model_cfg.model_dump(mode="json"),
-                "train": cfg.model_dump(mode="json"),
-                "sizes": asdict(data.sizes),
-                "max_history": data.max_history,
-                "max_tokens": data.max_tokens,
-                "index_spec": index_spec,
-            },
-            indent=2,
-        )
-        + "\n"
+    publish_json(
+        out / RUN_FILE,
+        {
+            "examples": str(examples.resolve()),
+            "model": model_cfg.model_dump(mode="json"),
+            "train": cfg.model_dump(mode="json"),
+            "sizes": asdict(data.sizes),
+            "max_history": data.max_history,
+            "max_tokens": data.max_tokens,
+            "index_spec": index_spec,
+        },
     )
     writer = tf.summary.create_file_writer(str(out / "tensorboard"))
     validation = to_batch(data.read("validation", cfg.eval_max_examples), data.max_history, data.max_tokens)
@@ -387,7 +383,7 @@ def train(
         trainer.close()  # no search left running on the worker thread
 
     report = _report(trainer, state, data, validation, timings, out)
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    publish_json(out / REPORT_FILE, report)
     _plots(state, out)
     return report
 
@@ -395,8 +391,8 @@ def train(
 def _export_embeddings(trainer: Trainer, out: Path) -> None:
     """Save the best epoch's video embeddings and bias (what the index and serving will use)."""
     layer = trainer.model.output_layer
-    publish_npy(out / EMBEDDINGS_FILE, layer.table.numpy())
-    publish_npy(out / BIAS_FILE, layer.bias.numpy() if layer.bias is not None else np.zeros(trainer.n, np.float32))
+    publish_npy(out / RUN_EMBEDDINGS_FILE, layer.table.numpy())
+    publish_npy(out / RUN_BIAS_FILE, layer.bias.numpy() if layer.bias is not None else np.zeros(trainer.n, np.float32))
     with publish_file(out / "best.weights.h5", suffix=".weights.h5") as tmp:
         trainer.model.save_weights(tmp)
 
@@ -422,7 +418,7 @@ def _report(
         "step_profile_s": trainer.step_profile(),
         "prefetched_steps": trainer.prefetched_steps,
         "config": {"model": trainer.model_cfg.model_dump(mode="json"), "train": trainer.cfg.model_dump(mode="json")},
-        "files": {"embeddings": EMBEDDINGS_FILE, "bias": BIAS_FILE, "weights": "best.weights.h5"},
+        "files": {"embeddings": RUN_EMBEDDINGS_FILE, "bias": RUN_BIAS_FILE, "weights": "best.weights.h5"},
         "out": str(out),
     }
 

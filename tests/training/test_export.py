@@ -31,7 +31,7 @@ from recsys.model import PAD
 from training.data import to_batch
 from training.evaluate import load_run
 from training.export import export_bundle, raw_features, serving_signature
-from training.train import BIAS_FILE, EMBEDDINGS_FILE, train
+from training.train import RUN_BIAS_FILE, RUN_EMBEDDINGS_FILE, train
 
 SMALL = ModelConfig(hidden=[32], embedding_dim=16, video_input_dim=8, token_input_dim=8, category_dim=4)
 
@@ -60,8 +60,8 @@ def test_round_trip(run_dir, exported):
     data, _ = load_run(run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     assert VERSION_RE.match(bundle.model_version) and latest_version(exported) == bundle.model_version
-    np.testing.assert_array_equal(bundle.embeddings, np.load(run_dir / EMBEDDINGS_FILE))
-    np.testing.assert_array_equal(bundle.bias, np.load(run_dir / BIAS_FILE))
+    np.testing.assert_array_equal(bundle.embeddings, np.load(run_dir / RUN_EMBEDDINGS_FILE))
+    np.testing.assert_array_equal(bundle.bias, np.load(run_dir / RUN_BIAS_FILE))
     assert bundle.video_ids.tolist() == ["[OOV]", *data.features.videos.values.to_pylist()]
     assert bundle.features.tokens.values.equals(data.features.tokens.values)
     assert bundle.features.numeric == data.features.numeric
@@ -148,22 +148,22 @@ def test_crash_mid_export_keeps_the_previous_bundle(run_dir, exported, tmp_path,
 def test_export_refuses_bad_embeddings_and_publishes_nothing(run_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
-    good = np.load(run / EMBEDDINGS_FILE)
+    good = np.load(run / RUN_EMBEDDINGS_FILE)
     out = tmp_path / "bundles"
 
     bad = good.copy()
     bad[3, 2] = np.nan
-    np.save(run / EMBEDDINGS_FILE, bad)
+    np.save(run / RUN_EMBEDDINGS_FILE, bad)
     with pytest.raises(EmbeddingValueError, match="NaN/Inf"):
         export_bundle(run, out)
-    np.save(run / EMBEDDINGS_FILE, good[:, :-1])
+    np.save(run / RUN_EMBEDDINGS_FILE, good[:, :-1])
     with pytest.raises(DimensionError, match="shape"):
         export_bundle(run, out)
-    np.save(run / EMBEDDINGS_FILE, good + 1.0)
+    np.save(run / RUN_EMBEDDINGS_FILE, good + 1.0)
     with pytest.raises(BundleError, match="do not match"):
         export_bundle(run, out)
-    np.save(run / EMBEDDINGS_FILE, good)
-    np.save(run / BIAS_FILE, np.zeros(5, np.float32))
+    np.save(run / RUN_EMBEDDINGS_FILE, good)
+    np.save(run / RUN_BIAS_FILE, np.zeros(5, np.float32))
     with pytest.raises(DimensionError, match="bias"):
         export_bundle(run, out)
     assert not out.exists() or list_versions(out) == []

@@ -18,7 +18,7 @@ from recsys.config import ModelConfig, TrainConfig
 from recsys.errors import InputError
 from training.data import ExampleSet, iterate_batches, pad_lists
 from training.evaluate import evaluate_run
-from training.train import EMBEDDINGS_FILE, FEATURE_NAMES, Trainer, train
+from training.train import FEATURE_NAMES, RUN_EMBEDDINGS_FILE, Trainer, train
 
 SMALL = ModelConfig(hidden=[64], embedding_dim=32, video_input_dim=16, token_input_dim=8, category_dim=4)
 
@@ -149,8 +149,8 @@ def test_resume_after_kill_equals_uninterrupted_run(synthetic_examples, tmp_path
     assert state["step"] == 40  # the last checkpoint before the kill at step 57
     resumed = train(synthetic_examples, tmp_path / "b", SMALL, cfg, progress=False, index_spec="Flat", resume=True)
     assert resumed["steps"] == straight["steps"]
-    a = np.load(tmp_path / "a" / EMBEDDINGS_FILE)
-    b = np.load(tmp_path / "b" / EMBEDDINGS_FILE)
+    a = np.load(tmp_path / "a" / RUN_EMBEDDINGS_FILE)
+    b = np.load(tmp_path / "b" / RUN_EMBEDDINGS_FILE)
     np.testing.assert_array_equal(a, b)
     assert [e["recall@10"] for e in resumed["epochs"]] == [e["recall@10"] for e in straight["epochs"]]
 
@@ -201,7 +201,7 @@ def test_topk_random_trains_with_history_excluded_from_the_head(synthetic_exampl
     report = train(synthetic_examples, tmp_path / "run", SMALL, cfg, progress=False, index_spec="Flat")
     assert report["steps"] > cfg.warmup_steps  # the top-K head (and so the exclusion) was used
     assert np.isfinite(report["epochs"][0]["loss"])
-    assert np.isfinite(np.load(tmp_path / "run" / EMBEDDINGS_FILE)).all()
+    assert np.isfinite(np.load(tmp_path / "run" / RUN_EMBEDDINGS_FILE)).all()
 
 
 @pytest.mark.slow
