@@ -27,7 +27,7 @@ from typing import Any
 from benchmarks.datasets import prepare_synthetic
 from benchmarks.output import command_line, emit_json, log
 from recsys.config import GeneratorConfig, ModelConfig, TrainConfig
-from training.data import ExampleSet, iterate_batches
+from training.data import ExampleSet, training_batches, with_next
 from training.train import Trainer
 
 VARIANTS = ("loguniform", "inbatch", "topk_random", "topk_random_no_prefetch")
@@ -50,18 +50,15 @@ def measure(data: ExampleSet, variant: str, args: argparse.Namespace) -> dict[st
     """Median and mean seconds per step of one variant, with the trainer's own per-part profile."""
     cfg = _config(variant, args)
     trainer = Trainer(data, ModelConfig(), cfg)
-    batches = iterate_batches(
-        data.files("train"), cfg.batch_size, data.max_history, data.max_tokens, seed=0, epoch=0, window=200_000
-    )
+    batches = with_next(training_batches(data, cfg, epoch=0))
     first = args.warmup + args.skip if cfg.loss == "topk_random" else args.skip
     total = first + args.steps
     times: list[float] = []
     build_s = 0.0
-    current = next(batches)
     try:
         for step in range(total):
-            following = next(batches, None)
-            if following is None:
+            current, following = next(batches, (None, None))
+            if current is None or following is None:
                 raise SystemExit(f"{data.directory}: fewer than {total + 1} batches; use a bigger log")
             if step == first:
                 trainer.profile.clear()  # the profile covers the timed steps only
@@ -75,7 +72,6 @@ def measure(data: ExampleSet, variant: str, args: argparse.Namespace) -> dict[st
                     elapsed -= build_s  # reported apart, amortised below
             if step >= first:
                 times.append(elapsed)
-            current = following
     finally:
         trainer.close()
     out: dict[str, Any] = {

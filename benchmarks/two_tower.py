@@ -17,7 +17,7 @@ from benchmarks.output import log
 from benchmarks.schema import METRIC_KEYS
 from recsys.config import ModelConfig, TrainConfig, with_overrides
 from recsys.metrics import Scorer, dot_scorer, label_ranks
-from training.data import Batch, ExampleSet, iterate_batches, with_next
+from training.data import Batch, ExampleSet, training_batches, with_next
 from training.evaluate import load_run, user_vectors
 from training.train import RUN_BIAS_FILE, RUN_EMBEDDINGS_FILE, Trainer, train
 
@@ -230,7 +230,6 @@ def train_for_budget(
     """
     data = ExampleSet.open(examples)
     trainer = Trainer(data, model_cfg, cfg)
-    files = data.files("train")
     step, epoch, loss = 0, 0, float("nan")
     curve: list[dict[str, float]] = []
     paused = 0.0
@@ -239,15 +238,7 @@ def train_for_budget(
     out_of_time = False
     try:
         while not out_of_time:
-            batches = iterate_batches(
-                files,
-                cfg.batch_size,
-                data.max_history,
-                data.max_tokens,
-                seed=cfg.seed,
-                epoch=epoch,
-                window=cfg.shuffle_window,
-            )
+            batches = training_batches(data, cfg, epoch)
             for batch, next_batch in with_next(batches):
                 loss = trainer.step(step, batch, next_batch)  # as the training job: the next head mined meanwhile
                 if not math.isfinite(loss):

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recsys.config import TrainConfig
 from recsys.errors import InputError
 from recsys.features import FeatureSpace
 from recsys.model import PAD, Cardinalities
@@ -174,6 +175,20 @@ def iterate_batches(
             if emitted >= skip_batches:
                 yield to_batch(piece, max_history, max_tokens)
             emitted += 1
+
+
+def training_batches(data: ExampleSet, cfg: TrainConfig, epoch: int, skip_batches: int = 0) -> Iterator[Batch]:
+    """One epoch of a training config's shuffled train batches (what the training job and its benchmarks step on)."""
+    return iterate_batches(
+        data.files("train"),
+        cfg.batch_size,
+        data.max_history,
+        data.max_tokens,
+        seed=cfg.seed,
+        epoch=epoch,
+        window=cfg.shuffle_window,
+        skip_batches=skip_batches,
+    )
 
 
 def with_next(batches: Iterator[Batch]) -> Iterator[tuple[Batch, Batch | None]]:

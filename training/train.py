@@ -24,7 +24,7 @@ from recsys.model import FEATURE_NAMES, PAD, TwoTower, build_model, feature_sign
 from recsys.publish import publish_file, publish_json, publish_npy
 from recsys.softmax import estimator_diagnostics
 from recsys.sparse_optim import SparseAdagrad, tf_variable
-from training.data import Batch, ExampleSet, batches_per_epoch, iterate_batches, to_batch, with_next
+from training.data import Batch, ExampleSet, batches_per_epoch, to_batch, training_batches, with_next
 from training.losses import LossHead
 from training.miner import NegativeMiner
 
@@ -145,7 +145,10 @@ class Trainer:
         if self.miner is None or not self.miner.topk_enabled(step):
             return np.zeros((batch, 0), dtype=np.int64)
         pending, self._pending = self._pending, None
-        if pending is not None and pending[0] == step and not self.miner.refresh_due(step):
+        if pending is not None and pending[0] != step:
+            pending[2].result()  # a search still in flight must end before the index may be refreshed
+            pending = None
+        if pending is not None:
             _, queries, future = pending
             t0 = time.perf_counter()
             ids = future.result()
@@ -307,7 +310,6 @@ def train(
     validation = to_batch(data.read("validation", cfg.eval_max_examples), data.max_history, data.max_tokens)
     held_out = _slice(validation, 256)
     per_epoch = batches_per_epoch(data.count("train"), cfg.batch_size)
-    files = data.files("train")
     timings = {"train_s": 0.0, "eval_s": 0.0}
 
     def checkpoint() -> None:
@@ -324,16 +326,7 @@ def train(
                 disable=not progress_enabled(progress),
                 unit="step",
             )
-            batches = iterate_batches(
-                files,
-                cfg.batch_size,
-                data.max_history,
-                data.max_tokens,
-                seed=cfg.seed,
-                epoch=state.epoch,
-                window=cfg.shuffle_window,
-                skip_batches=state.batch_in_epoch,
-            )
+            batches = training_batches(data, cfg, state.epoch, skip_batches=state.batch_in_epoch)
             for batch, next_batch in with_next(batches):
                 loss = trainer.step(state.step, batch, next_batch)
                 if not math.isfinite(loss):
