@@ -88,6 +88,48 @@ def training_window(
     return users.dictionary, matrix
 
 
+def earlier_watches(events: pa.Table, features: FeatureSpace, examples: pa.Table) -> np.ndarray:
+    """Every video each example's user watched strictly before its label, [examples, H] with -1 padding.
+
+    The "whole earlier history" hiding rule: stricter than hiding the example's own (capped) history, which is what
+    the service can hide from its Redis list. OOV watches are left out (index 0 is never retrievable anyway).
+    """
+    events = events.filter(pc.and_(pc.is_valid(events["user_id"]), pc.is_valid(events["video_id"])))
+    users = events["user_id"].combine_chunks()
+    known = pc.unique(users)
+    user = pc.index_in(users, value_set=known).to_numpy(zero_copy_only=False).astype(np.int64)
+    ts = events["ts"].cast(TIMESTAMP).cast(pa.int64()).to_numpy()
+    items = features.videos.lookup(events["video_id"]).to_numpy()
+    order = np.lexsort((ts, user))
+    user, ts, items = user[order], ts[order], items[order]
+    starts = np.searchsorted(user, np.arange(len(known) + 1))
+    example_user = pc.fill_null(pc.index_in(examples["user_id"], value_set=known), -1).to_numpy()
+    label_ts = examples["label_ts"].cast(TIMESTAMP).cast(pa.int64()).to_numpy()
+    rows: list[np.ndarray] = []
+    for u, t in zip(example_user, label_ts, strict=True):
+        if u < 0:
+            rows.append(np.zeros(0, dtype=np.int32))
+            continue
+        lo, hi = starts[u], starts[u + 1]
+        seen = items[lo : lo + np.searchsorted(ts[lo:hi], t, side="left")]
+        rows.append(np.unique(seen[seen != OOV_INDEX]).astype(np.int32))
+    out = np.full((len(rows), max([1, *(len(r) for r in rows)])), -1, dtype=np.int32)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def exclusions(
+    prepared: Prepared, data: ExampleSet, table: pa.Table, batch: Batch, args: argparse.Namespace
+) -> np.ndarray | None:
+    """What a split hides under the run's rule: nothing, the example's own history, or every earlier watch."""
+    if not args.exclude_history:
+        return None
+    if getattr(args, "hide", "history") == "earlier":
+        return earlier_watches(prepared.events, data.features, table)
+    return batch["history"]
+
+
 def run_baselines(
     prepared: Prepared,
     protocol: str,
@@ -228,8 +270,8 @@ def run_protocol(
     val_table = data.read("validation", train_cfg.eval_max_examples)
     test = to_batch(test_table, data.max_history, data.max_tokens)
     validation = to_batch(val_table, data.max_history, data.max_tokens)
-    exclude = test["history"] if args.exclude_history else None
-    validation_exclude = validation["history"] if args.exclude_history else None
+    exclude = exclusions(prepared, data, test_table, test, args)
+    validation_exclude = exclusions(prepared, data, val_table, validation, args)
     out = ProtocolRun()
     out.groups = user_groups(test_table["user_id"])
     out.meta = {
@@ -238,6 +280,7 @@ def run_protocol(
         "validation_scored": len(validation["label"]),
         "test_oov_labels": int((test["label"] == OOV_INDEX).sum()),
         "pipeline": prepared.pipeline[protocol],
+        "hidden_per_test_example": 0.0 if exclude is None else round(float((exclude >= 0).sum(1).mean()), 1),
         "losses": {},
     }
     log(f"{protocol}: {out.meta['examples']} examples, {n} videos in the vocabulary")
@@ -256,7 +299,9 @@ def run_protocol(
         if share is not None:
             out.meta["topic_share@100"][loss] = share(scorer)
         mine = metrics_from_ranks(out.ranks[loss])
-        if len(test["label"]) * n <= 5e8:  # cross-check against the project's own evaluation of the run
+        if (
+            len(test["label"]) * n <= 5e8 and args.hide == "history"
+        ):  # cross-check against the project's own evaluation of the run
             official = evaluate_run(run_dir, "test", exclude_history=args.exclude_history)["model"]
             entry["evaluate_run_agrees"] = all(abs(official[k] - mine[k]) < 1e-9 for k in METRIC_KEYS)
         out.meta["losses"][loss] = entry
@@ -321,6 +366,7 @@ def run_budget_protocol(
         "test_subset_of": data.count("test"),
         "budget_seconds": args.budget_seconds,
         "pipeline": prepared.pipeline[protocol],
+        "hidden_per_test_example": 0.0 if exclude is None else round(float((exclude >= 0).sum(1).mean()), 1),
         "losses": {},
         "topic_share@100": {},
     }

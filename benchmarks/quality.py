@@ -77,8 +77,17 @@ from benchmarks.protocol import ProtocolRun, run_budget_protocol, run_protocol
 from benchmarks.report import format_deepmatch, format_table, write_report
 from benchmarks.schema import COMPARE_METRICS, LOSSES, METHODS, PROTOCOLS, SAMPLED_LOSSES, shape_results
 from benchmarks.targets import BOOT_SEED, N_BOOT, add_intervals
-from benchmarks.two_tower import TOWER_NOTE, TWO_TOWER_GRID, TWO_TOWER_GRID_NOTE, model_configs, with_tower
-from recsys.config import HISTORY_POOLINGS, parse_widths, with_overrides
+from benchmarks.two_tower import (
+    TOWER_NOTE,
+    TWO_TOWER_GRID,
+    TWO_TOWER_GRID_NOTE,
+    apply_point,
+    model_configs,
+    parse_grid,
+    parse_overrides,
+    with_tower,
+)
+from recsys.config import HISTORY_POOLINGS, ModelConfig, parse_widths, with_overrides
 from recsys.metrics import exclusion_protocol
 
 BUDGET_SECONDS = 300.0  # the equal wall-clock budget per loss from BIG_CATALOGUE videos, unless --budget-seconds
@@ -120,6 +129,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=None, help="kept and reused (default: a temp dir, removed)")
     parser.add_argument("--protocols", default=None, help="comma-separated subset of " + ",".join(PROTOCOLS))
     add_exclusion_argument(parser)
+    parser.add_argument(
+        "--hide",
+        choices=("history", "earlier"),
+        default="history",
+        help="with --exclude-history, what is hidden: the example's own history (at most the pipeline's max_history "
+        "watches, what the service hides) or every video its user watched before the label; test and the baselines' "
+        "validation use the rule, the two-tower's early stopping keeps the history rule",
+    )
     parser.add_argument("--skip-baselines", action="store_true", help="no ALS/BPR/EASE (the JSON then lacks them)")
     parser.add_argument(
         "--budget-seconds",
@@ -165,6 +182,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="the pipeline's example cap per user and split (default: the protocol's; 200 on the time splits)",
     )
+    parser.add_argument(
+        "--max-history",
+        type=int,
+        default=None,
+        help="the pipeline's history length per example, which is also what is hidden as served (default: the "
+        "protocol's, 50 watches)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override one ModelConfig or TrainConfig field of every two-tower run (repeatable; VALUE is JSON, else "
+        "a string), e.g. --set exclude_history_from_head=true --set embedding_dim=128",
+    )
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="add or replace one axis of the two-tower grid searched on validation per loss (repeatable), e.g. "
+        "--grid history_pooling=mean,recency",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="show training progress bars")
     args = parser.parse_args(argv)
@@ -175,6 +216,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.budget = args.budget_seconds is not None
     if args.budget and args.dataset != "synthetic":
         parser.error("--budget-seconds is a synthetic-data mode")
+    if args.budget and args.hide != "history":
+        parser.error("--hide earlier is a main-mode rule (budget mode hides each example's history)")
     if args.budget and args.max_test_examples is None:
         args.max_test_examples = 5000
     default_protocols = ("time_split",) if args.budget else PROTOCOLS
@@ -192,8 +235,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(str(err))
     if args.max_examples_per_user is not None and args.max_examples_per_user < 1:
         parser.error("--max-examples-per-user must be >= 1")
-    cap = args.max_examples_per_user
-    args.pipeline = {} if cap is None else {"max_examples_per_user": cap}
+    if args.max_history is not None and args.max_history < 1:
+        parser.error("--max-history must be >= 1")
+    args.pipeline = {
+        k: v
+        for k, v in (("max_examples_per_user", args.max_examples_per_user), ("max_history", args.max_history))
+        if v is not None
+    }
+    try:
+        args.overrides = parse_overrides(args.overrides)
+        args.grid = parse_grid(args.grid)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
@@ -214,9 +267,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         model_cfg = with_tower(model_cfg, args.hidden, args.video_input_dim, args.history_pooling)
         # The tail sampler only matters to top-K-plus-random; the two-tower's validation follows the protocol.
         train_cfg = with_overrides(train_cfg, tail_sampler=args.tail_sampler, eval_exclude_history=args.exclude_history)
+        model_cfg, train_cfg = apply_point(model_cfg, train_cfg, args.overrides)
         args.two_tower_grid = dict(TWO_TOWER_GRID[prepared.kind])
         if args.learning_rates:
             args.two_tower_grid["learning_rate"] = tuple(float(v) for v in args.learning_rates.split(","))
+        args.two_tower_grid |= args.grid
         runs: dict[str, ProtocolRun] = {}
         for protocol in args.protocols:
             if args.budget:
@@ -231,14 +286,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     methods = [m for m in METHODS if all(m in run.metrics for run in runs.values())]
     result: dict[str, Any] = shape_results({p: r.metrics for p, r in runs.items()}, args.protocols, methods)
     comparisons = add_intervals(result, runs, methods)
-    default_tower = (args.hidden, args.video_input_dim, args.history_pooling) == (None, None, None)
+    default_tower = (args.hidden, args.video_input_dim, args.history_pooling) == (None, None, None) and not any(
+        k in ModelConfig.model_fields for k in (*args.overrides, *args.grid)
+    )
     result["meta"] = {
         "dataset": prepared.name,
         "mode": "equal wall-clock budget, sampled losses only" if args.budget else "same epochs and early stopping",
         "command": command_line("benchmarks.quality", argv),
         "runtime_s": round(runtime, 1),
         "exclude_history": args.exclude_history,
-        "evaluation": exclusion_protocol(args.exclude_history),
+        "evaluation": exclusion_protocol(args.exclude_history)
+        + ("; hidden: every video the user watched before the label" if args.hide == "earlier" else ""),
+        "hide": args.hide if args.exclude_history else None,
         "metrics": "test split, full catalogue, exact scores, tie-averaged ranks (recsys.metrics.label_ranks)",
         "selection": "two-tower: per loss, the grid point and its best epoch by validation recall@100 (early "
         "stopping); ALS/BPR/EASE: grid point by validation recall@100; validation under the same protocol as test; "
@@ -256,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "model": model_cfg.model_dump(mode="json"),
                 "train": train_cfg.model_dump(mode="json", exclude={"loss"}),
                 "losses": list(args.losses),
+                "overrides": args.overrides,
+                "pipeline_overrides": args.pipeline,
                 "grid": {} if args.budget else {k: list(v) for k, v in args.two_tower_grid.items()},
                 "grid_note": None if args.budget else TWO_TOWER_GRID_NOTE[prepared.kind],
                 "tower_note": TOWER_NOTE if default_tower else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import shutil
 import time
@@ -114,6 +115,46 @@ def grid_points(axes: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """Every combination of the grid's axes as a {field: value} dict, in a stable order."""
     names = list(axes)
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*axes.values())]
+
+
+def _config_value(text: str) -> Any:
+    """A command-line value: JSON when it parses (numbers, booleans, lists), else the bare string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _field_and_text(item: str, option: str, form: str) -> tuple[str, str]:
+    """Split FIELD=TEXT and check that FIELD is a ModelConfig or TrainConfig field."""
+    field, sep, text = item.partition("=")
+    field = field.strip()
+    if not sep or not field:
+        raise ValueError(f"{option} {item!r}: expected {form}")
+    if field not in ModelConfig.model_fields and field not in TrainConfig.model_fields:
+        raise ValueError(f"{option} {field}: not a ModelConfig or TrainConfig field")
+    return field, text
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """FIELD=VALUE strings (VALUE as JSON, else the bare string) as a {field: value} dict of config fields."""
+    out: dict[str, Any] = {}
+    for item in items:
+        field, text = _field_and_text(item, "--set", "FIELD=VALUE")
+        out[field] = _config_value(text)
+    return out
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    """FIELD=V1,V2,... strings as grid axes {field: (values...)}, each value read like parse_overrides'."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for item in items:
+        field, text = _field_and_text(item, "--grid", "FIELD=V1,V2,...")
+        values = tuple(_config_value(v.strip()) for v in text.split(",") if v.strip())
+        if not values:
+            raise ValueError(f"--grid {field}: no values")
+        out[field] = values
+    return out
 
 
 def apply_point(

@@ -152,6 +152,12 @@ class TrainConfig(_Section):
         description="per-epoch validation as served: each example's history hidden, a re-watched label a miss",
     )
     patience: int = Field(2, ge=1, description="epochs without validation improvement before stopping")
+    stop_margin_over_popularity: float | None = Field(
+        0.05,
+        ge=0,
+        description="early stopping is armed only once validation recall@100 is this share above popularity's on "
+        "the same examples: a run still on popularity's plateau has not started to learn (None: armed at once)",
+    )
     diagnostics_every: int = Field(500, ge=1)
     shuffle_window: int = Field(200_000, ge=1, description="rows held for shuffling (bounded memory)")
 

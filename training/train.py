@@ -48,6 +48,7 @@ class TrainState:
     best_metric: float = -1.0
     best_epoch: int = -1
     bad_epochs: int = 0
+    armed_epoch: int | None = None  # first epoch that early stopping counted (TrainConfig.stop_margin_over_popularity)
     stopped_early: bool = False
     losses: list[tuple[int, float]] = field(default_factory=list)
     diagnostics: list[dict[str, float]] = field(default_factory=list)
@@ -311,6 +312,7 @@ def train(
     held_out = _slice(validation, 256)
     per_epoch = batches_per_epoch(data.count("train"), cfg.batch_size)
     timings = {"train_s": 0.0, "eval_s": 0.0}
+    arm_at = _arming_recall(trainer, validation)
 
     def checkpoint() -> None:
         state.checkpoint = manager.save(checkpoint_number=state.step)
@@ -363,10 +365,12 @@ def train(
                 progress,
                 logging.getLogger(__name__),
             )
+            if state.armed_epoch is None and metrics["recall@100"] >= arm_at:
+                state.armed_epoch = state.epoch + 1
             if metrics["recall@100"] > state.best_metric:
                 state.best_metric, state.best_epoch, state.bad_epochs = metrics["recall@100"], state.epoch + 1, 0
                 _export_embeddings(trainer, out)
-            else:
+            elif state.armed_epoch is not None:
                 state.bad_epochs += 1
                 state.stopped_early = state.bad_epochs >= cfg.patience
             state.epoch += 1
@@ -375,10 +379,30 @@ def train(
     finally:
         trainer.close()  # no search left running on the worker thread
 
+    if state.armed_epoch is None and math.isfinite(arm_at):
+        logging.getLogger(__name__).warning(
+            "validation recall@100 never rose %.0f%% above popularity's (%.4f) in %d epochs: the model is no better "
+            "than a count yet (more epochs, a higher learning rate or a smaller tower may help)",
+            100 * (cfg.stop_margin_over_popularity or 0.0),
+            arm_at / (1.0 + (cfg.stop_margin_over_popularity or 0.0)),
+            len(state.epochs),
+        )
     report = _report(trainer, state, data, validation, timings, out)
     publish_json(out / REPORT_FILE, report)
     _plots(state, out)
     return report
+
+
+def _arming_recall(trainer: Trainer, validation: Batch) -> float:
+    """The validation recall@100 from which early stopping counts: popularity's on the same examples plus a margin.
+
+    Sampled softmax first learns the bias (popularity) and can sit on that plateau for several epochs, longer on a
+    sparse log; stopping there would hand back a model no better than a count.
+    """
+    margin = trainer.cfg.stop_margin_over_popularity
+    if margin is None:
+        return -math.inf
+    return (1.0 + margin) * trainer.popularity(validation)["recall@100"]
 
 
 def _export_embeddings(trainer: Trainer, out: Path) -> None:
@@ -399,6 +423,7 @@ def _report(
         "epochs_run": len(state.epochs),
         "best_epoch": state.best_epoch,
         "stopped_early": state.stopped_early,
+        "early_stopping_armed_epoch": state.armed_epoch,
         "data": {split: data.count(split) for split in ("train", "validation", "test")},
         "videos": data.sizes.videos,
         "epochs": state.epochs,

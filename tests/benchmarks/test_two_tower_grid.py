@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from benchmarks.schema import METRIC_KEYS
-from benchmarks.two_tower import apply_point, grid_points, tune_loss
+from benchmarks.two_tower import apply_point, grid_points, parse_grid, parse_overrides, tune_loss
 from pipelines.pipeline import run_pipeline
 from pipelines.sources import resolve_inputs
 from pipelines.synthetic import generate
@@ -98,3 +98,24 @@ def test_default_towers_and_the_example_cap_flag() -> None:
     assert parse_args(["--json", "x.json", "--max-examples-per-user", "20"]).pipeline == {"max_examples_per_user": 20}
     with pytest.raises(SystemExit):
         parse_args(["--json", "x.json", "--max-examples-per-user", "0"])
+
+
+def test_parse_overrides_reads_json_values_and_refuses_unknown_fields() -> None:
+    parsed = parse_overrides(["exclude_history_from_head=true", "embedding_dim=128", "tail_sampler=loguniform"])
+    assert parsed == {"exclude_history_from_head": True, "embedding_dim": 128, "tail_sampler": "loguniform"}
+    model, train = apply_point(ModelConfig(), TrainConfig(), parsed)
+    assert (model.embedding_dim, train.exclude_history_from_head, train.tail_sampler) == (128, True, "loguniform")
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        parse_overrides(["embedding_dim"])
+    with pytest.raises(ValueError, match="not a ModelConfig or TrainConfig field"):
+        parse_overrides(["no_such_knob=1"])
+
+
+def test_parse_grid_reads_each_axis_and_its_values() -> None:
+    axes = parse_grid(["history_pooling=mean,recency", "learning_rate=0.1, 0.2"])
+    assert axes == {"history_pooling": ("mean", "recency"), "learning_rate": (0.1, 0.2)}
+    assert [p["history_pooling"] for p in grid_points(axes)] == ["mean", "mean", "recency", "recency"]
+    with pytest.raises(ValueError, match="no values"):
+        parse_grid(["learning_rate="])
+    with pytest.raises(ValueError, match="not a ModelConfig or TrainConfig field"):
+        parse_grid(["pooling=mean"])

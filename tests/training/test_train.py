@@ -273,3 +273,19 @@ def test_prefetched_mining_trains_like_the_synchronous_miner(synthetic_examples,
     assert on["step_profile_s"]["search_wait"] >= 0 and "search" in off["step_profile_s"]
     # One update staler user vectors pick nearly the same heads: the model learns as well.
     assert on["epochs"][-1]["recall@100"] >= 0.9 * off["epochs"][-1]["recall@100"]
+
+
+@pytest.mark.parametrize("margin", [0.05, None])
+def test_early_stopping_waits_until_the_model_rises_above_popularity(synthetic_examples, tmp_path, margin):
+    # A learning rate this small leaves the model at its random start, far below popularity, with a flat
+    # validation recall: without the popularity rule patience 1 stops it after the second epoch.
+    cfg = _train_cfg(loss="loguniform", learning_rate=1e-9, epochs=3, patience=1, stop_margin_over_popularity=margin)
+    report = train(synthetic_examples, tmp_path / "run", SMALL, cfg, progress=False)
+    popularity = report["validation_popularity"]["recall@100"]
+    assert all(e["recall@100"] < popularity for e in report["epochs"])
+    if margin is None:
+        assert report["stopped_early"] and report["epochs_run"] == 2
+        assert report["early_stopping_armed_epoch"] == 1
+    else:
+        assert not report["stopped_early"] and report["epochs_run"] == 3
+        assert report["early_stopping_armed_epoch"] is None
