@@ -155,7 +155,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tail-sampler",
         choices=["uniform", "loguniform"],
-        default="uniform",
+        default=None,
         help="top-K-plus-random's tail T: the design's uniform draw, or log-uniform with Hansen-Hurwitz weights",
     )
     parser.add_argument(

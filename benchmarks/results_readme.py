@@ -64,6 +64,12 @@ _SYNTHETIC_10K = ("--dataset", "synthetic", "--videos", "10000", "--users", "100
 _SYNTHETIC_1M = ("--dataset", "synthetic", "--videos", "1000000")
 _CAP_20 = ("--max-examples-per-user", "20")  # the synthetic default when the 1M and 6-epoch runs were made
 _SWEEP_CAP_20 = ("--dataset", "synthetic", "--loss", "full", "--pipeline", '{"max_examples_per_user": 20}')
+# Top-K-plus-random's tail before the log-uniform default: results measured earlier name it, so their command still
+# reproduces them.
+_UNIFORM_TAIL = ("--tail-sampler", "uniform")
+# The history pooling before the recency default: results measured earlier name it, so their command still
+# reproduces them.
+_MEAN_POOLING = ("--history-pooling", "mean")
 _ONE_LAYER = ("--hidden", "256", "--video-input-dim", "64")  # the ML-100K tower before the depth-0 default
 _SIX_EPOCHS = (*_SYNTHETIC_10K, "--epochs", "6", *_CAP_20, "--learning-rates", "0.2,0.4", "--protocols", "time_split")
 _TOWER_POINTS = (
@@ -111,12 +117,16 @@ RESULTS: tuple[Result, ...] = (
         "quality/quality_ml100k.json",
         "ML-100K, both protocols, the current defaults (`make bench-quality`).",
         *("--dataset", "ml-100k"),
+        *_UNIFORM_TAIL,
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "quality",
         "quality/quality_synthetic.json",
         "Synthetic 10k catalogue, time split, the current defaults (`make bench-quality`).",
         *(*_SYNTHETIC_10K, "--protocols", "time_split"),
+        *_UNIFORM_TAIL,
+        *_MEAN_POOLING,
     ),
     result(
         "quality",
@@ -125,6 +135,8 @@ RESULTS: tuple[Result, ...] = (
         "with test recall@100 and planted-topic share against training seconds (`--curve-points`, default 6).",
         *(*_SYNTHETIC_1M, "--budget-seconds", "900", "--losses", "topk_random,loguniform,inbatch"),
         *("--protocols", "time_split", "--workdir", "out/q1m"),
+        *_UNIFORM_TAIL,
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "quality",
@@ -132,6 +144,8 @@ RESULTS: tuple[Result, ...] = (
         "1M videos, the sampled losses at an equal 480 s budget each (budget mode; 20 examples per user, the "
         "default when it ran).",
         *(*_SYNTHETIC_1M, "--budget-seconds", "480", "--workdir", "/tmp/q1m", *_CAP_20),
+        *_UNIFORM_TAIL,
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "quality",
@@ -139,6 +153,7 @@ RESULTS: tuple[Result, ...] = (
         "As the 480 s run, top-K-plus-random alone with the log-uniform tail (`--tail-sampler loguniform`).",
         *(*_SYNTHETIC_1M, "--budget-seconds", "480", "--workdir", "/tmp/q1m", *_CAP_20),
         *("--losses", "topk_random", "--tail-sampler", "loguniform"),
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "quality",
@@ -146,18 +161,22 @@ RESULTS: tuple[Result, ...] = (
         "The log-uniform loss alone (`--losses loguniform`) for 195 s: about as many steps as top-K-plus-random "
         "makes in 480 s.",
         *(*_SYNTHETIC_1M, "--budget-seconds", "195", "--workdir", "/tmp/q1m", *_CAP_20, "--losses", "loguniform"),
+        *_UNIFORM_TAIL,
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "seeds",
         "seeds/seeds_ml100k.json",
         "ML-100K time split, each variant once per training seed (`make bench-quality`).",
         *("--dataset", "ml-100k", "--seeds", "1,2,3"),
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "seeds",
         "seeds/seeds_synthetic.json",
         "Synthetic 10k time split, each loss once per training seed (`make bench-quality`).",
         *("--dataset", "synthetic", "--seeds", "1,2", "--variants", "full,loguniform,topk_random"),
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "sweep",
@@ -165,6 +184,7 @@ RESULTS: tuple[Result, ...] = (
         "Validation-only sweep that chose the ML-100K user tower (`make bench-quality`).",
         *("--dataset", "ml-100k", "--loss", "full"),
         *(arg for point in _TOWER_POINTS for arg in ("--point", point)),
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "sweep",
@@ -173,12 +193,14 @@ RESULTS: tuple[Result, ...] = (
         *_SWEEP_CAP_20,
         *("--point", '{"epochs": 30, "patience": 3}'),
         *("--point", '{"epochs": 30, "patience": 3, "hidden": [], "video_input_dim": 128}'),
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "sweep",
         "sweep/sweep_synthetic_batch256.json",
         "Validation-only sweep of batch 256 on the synthetic base of the time (20 examples per user).",
         *(*_SWEEP_CAP_20, "--point", '{"epochs": 20, "patience": 3, "batch_size": 256}'),
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "sweep",
@@ -186,42 +208,52 @@ RESULTS: tuple[Result, ...] = (
         "Validation-only sweep behind the synthetic cap of 200 examples per user.",
         *("--dataset", "synthetic", "--loss", "full", "--pipeline", '{"max_examples_per_user": 200}'),
         *("--point", '{"epochs": 12, "patience": 3}'),
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "quality",
         "history/quality/quality_ml100k_1layer.json",
         "ML-100K with one hidden layer of 256, the tower before the depth-0 default.",
         *("--dataset", "ml-100k", *_ONE_LAYER),
+        *_UNIFORM_TAIL,
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "quality",
         "history/quality/quality_ml100k_1layer_tail_loguniform.json",
         "As the one-layer run, with top-K-plus-random's log-uniform tail (`--tail-sampler loguniform`).",
         *("--dataset", "ml-100k", *_ONE_LAYER, "--tail-sampler", "loguniform"),
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "seeds",
         "history/seeds/seeds_ml100k_1layer.json",
         "Seed spread of the one-layer ML-100K tower at learning rate 0.2.",
         *("--dataset", "ml-100k", *_ONE_LAYER, "--learning-rate", "0.2", "--seeds", "1,2,3"),
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "quality",
         "history/quality/quality_synthetic_6ep.json",
         "Synthetic 10k with 6 epochs and 20 examples per user: the undertrained earlier default.",
         *_SIX_EPOCHS,
+        *_UNIFORM_TAIL,
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "quality",
         "history/quality/quality_synthetic_6ep_tail_loguniform.json",
         "As the 6-epoch run, with top-K-plus-random's log-uniform tail (`--tail-sampler loguniform`).",
         *(*_SIX_EPOCHS, "--tail-sampler", "loguniform"),
+        *_MEAN_POOLING,
     ),
     unfiltered(
         "quality",
         "history/quality/quality_synthetic_1m_90s.json",
         "The first 1M-video budget run, 90 s per loss (superseded by the 480 s runs).",
         *(*_SYNTHETIC_1M, "--budget-seconds", "90", *_CAP_20),
+        *_UNIFORM_TAIL,
+        *_MEAN_POOLING,
     ),
 )
 

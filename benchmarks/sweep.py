@@ -35,7 +35,7 @@ from benchmarks.output import command_line, log, write_json
 from benchmarks.report import write_report
 from benchmarks.schema import LOSSES, METRIC_KEYS
 from benchmarks.two_tower import apply_point, model_configs
-from recsys.config import with_overrides
+from recsys.config import HISTORY_POOLINGS, with_overrides
 from recsys.metrics import exclusion_protocol
 from training.train import train
 
@@ -64,6 +64,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_dataset_arguments(p)
     p.add_argument("--loss", choices=LOSSES, default="full")
     p.add_argument("--point", action="append", required=True, help="JSON object of config overrides (repeatable)")
+    p.add_argument(
+        "--history-pooling",
+        choices=HISTORY_POOLINGS,
+        default=None,
+        help="the base tower's history pooling (default: ModelConfig's, recency; a point may still override it)",
+    )
     p.add_argument("--pipeline", default="{}", help="JSON object of PipelineConfig overrides (every point)")
     p.add_argument("--workdir", type=Path, help="kept and reused (default: a temp dir, removed)")
     p.add_argument("--json", type=Path, required=True)
@@ -93,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         prepared = prepare_dataset(args, work, ["time_split"], args.pipeline)
         model_cfg, train_cfg = model_configs(prepared.kind, None, budget=False)
+        model_cfg = with_overrides(model_cfg, history_pooling=args.history_pooling)
         train_cfg = with_overrides(train_cfg, loss=args.loss, eval_exclude_history=args.exclude_history)
         (work / "runs").mkdir(parents=True, exist_ok=True)
         for i, point in enumerate(args.point):

@@ -86,9 +86,10 @@ class ModelConfig(_Section):
     hidden: list[int] = Field(default_factory=lambda: [1024, 512, 256], max_length=4)
     output_bias: bool = True
     history_pooling: HistoryPooling = Field(
-        "mean",
-        description="how the watch history becomes one vector: mean of its embeddings, a learned softmax over "
-        "position-from-the-end, or a self-attention block then a masked mean",
+        "recency",
+        description="how the watch history becomes one vector: a learned softmax over position-from-the-end (the "
+        "default: it starts as the mean and won validation on every log measured), the paper's plain mean, or a "
+        "self-attention block then a masked mean",
     )
 
     @field_validator("hidden")
@@ -130,9 +131,10 @@ class TrainConfig(_Section):
     )
     exclude_history_from_head: bool = False
     tail_sampler: Literal["uniform", "loguniform"] = Field(
-        "uniform",
-        description="top-K-plus-random tail T: uniform (the design's, weight n/m) or log-uniform over the "
-        "popularity-ordered ids (weight count/(m*p), per-example head only)",
+        "loguniform",
+        description="top-K-plus-random tail T: log-uniform over the popularity-ordered ids (weight count/(m*p), "
+        "per-example head only; the default since it won on every log measured) or the design's uniform draw "
+        "(weight n/m; the shared head's only tail)",
     )
     tail_accumulator_correction: bool = Field(
         True,
@@ -160,6 +162,14 @@ class TrainConfig(_Section):
     )
     diagnostics_every: int = Field(500, ge=1)
     shuffle_window: int = Field(200_000, ge=1, description="rows held for shuffling (bounded memory)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_head_tail(cls, data: Any) -> Any:
+        """The shared head has only the uniform tail: it gets that one unless a tail is named."""
+        if isinstance(data, dict) and data.get("head") == "shared" and "tail_sampler" not in data:
+            return {**data, "tail_sampler": "uniform"}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -309,4 +319,6 @@ def parse_widths(text: str) -> list[int]:
 def with_overrides(section: _Section, **values: Any) -> Any:
     """Copy of a config section with the given (non-None) values replaced and re-validated."""
     changed = {k: v for k, v in values.items() if v is not None}
-    return type(section).model_validate({**section.model_dump(), **changed})
+    # Only the explicitly set fields are carried over, so defaults that depend on others (the shared head's tail)
+    # are derived again from the new values.
+    return type(section).model_validate({**section.model_dump(exclude_unset=True), **changed})

@@ -131,7 +131,7 @@ def _history_batch(n: int, seed: int = 0) -> dict[str, tf.Tensor]:
 def test_pooling_needs_the_history_length_and_mean_ignores_it() -> None:
     with pytest.raises(ValueError, match="max_history"):
         UserTower(SIZES, ModelConfig(history_pooling="attention"))
-    assert UserTower(SIZES, ModelConfig()).recency_logits is None
+    assert UserTower(SIZES, ModelConfig(history_pooling="mean")).recency_logits is None
 
 
 def test_recency_pooling_starts_as_the_mean_and_then_weighs_by_position() -> None:

@@ -209,13 +209,13 @@ def test_cli_trains_the_tower_shape_it_is_given(synthetic_examples, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     base = [sys.executable, "-m", "recsys", "train", "--examples", str(synthetic_examples), "--loss", "full"]
     out = tmp_path / "run"
-    shape = ["--hidden", "", "--video-input-dim", "16", "--embedding-dim", "16", "--history-pooling", "recency"]
+    shape = ["--hidden", "", "--video-input-dim", "16", "--embedding-dim", "16", "--history-pooling", "mean"]
     shape += ["--epochs", "1", "--quiet"]
     done = subprocess.run([*base, "--out", str(out), *shape], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     model = json.loads((out / "report.json").read_text())["config"]["model"]
     assert (model["hidden"], model["video_input_dim"], model["embedding_dim"]) == ([], 16, 16)
-    assert model["history_pooling"] == "recency"
+    assert model["history_pooling"] == "mean"  # not the default (recency)
     # A malformed width list is a usage error naming the option, not a traceback; nothing is written.
     bad = subprocess.run(
         [*base, "--out", str(tmp_path / "bad"), "--hidden", "256,wide"], capture_output=True, text=True, env=env
