@@ -250,6 +250,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+EARLIER_RULE = (
+    "whole earlier history hidden: every video the user watched before the label (stricter than as served, which "
+    "hides the example's padded history), a re-watched label a miss"
+)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Prepare the data, run every method under every protocol, print the tables, write the JSON and the ranks."""
     args = parse_args(argv)
@@ -295,8 +301,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "command": command_line("benchmarks.quality", argv),
         "runtime_s": round(runtime, 1),
         "exclude_history": args.exclude_history,
-        "evaluation": exclusion_protocol(args.exclude_history)
-        + ("; hidden: every video the user watched before the label" if args.hide == "earlier" else ""),
+        "evaluation": EARLIER_RULE
+        if args.exclude_history and args.hide == "earlier"
+        else exclusion_protocol(args.exclude_history),
         "hide": args.hide if args.exclude_history else None,
         "metrics": "test split, full catalogue, exact scores, tie-averaged ranks (recsys.metrics.label_ranks)",
         "selection": "two-tower: per loss, the grid point and its best epoch by validation recall@100 (early "

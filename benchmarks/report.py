@@ -186,7 +186,7 @@ def protocols_section(result: dict[str, Any]) -> list[str]:
         "",
         "Every method ranks each test label over the full catalogue with exact scores "
         "(`recsys.metrics.label_ranks`; OOV label = miss; "
-        f"{exclusion_protocol(bool(meta.get('exclude_history')))}). "
+        f"{meta.get('evaluation') or exclusion_protocol(bool(meta.get('exclude_history')))}). "
         f"Intervals: {meta.get('intervals', 'n/a')}.",
     ]
     if meta.get("bpr_note"):

@@ -112,6 +112,22 @@ RESULTS: tuple[Result, ...] = (
         "`recsys serve` over HTTP and Redis against its in-process engine, 1M videos.",
         *("--videos", "1000000"),
     ),
+    result(
+        "quality",
+        "quality/quality_ml100k_served.json",
+        "ML-100K as served (each example's history, at most 50 watches, hidden), both protocols: the default "
+        "two-tower (top-K-plus-random, recency pooling, log-uniform tail) against popularity, ALS, BPR and EASE.",
+        *("--dataset", "ml-100k", "--protocols", "leave_last_out,time_split", "--losses", "topk_random"),
+        *("--learning-rates", "0.2", "--history-pooling", "recency"),
+    ),
+    result(
+        "quality",
+        "quality/quality_ml100k_served_hide_earlier.json",
+        "As quality_ml100k_served, leave-last-out with every video the user watched before the label hidden "
+        "(`--hide earlier`).",
+        *("--dataset", "ml-100k", "--protocols", "leave_last_out", "--hide", "earlier", "--losses", "topk_random"),
+        *("--learning-rates", "0.2", "--history-pooling", "recency"),
+    ),
     unfiltered(
         "quality",
         "quality/quality_ml100k.json",
@@ -209,6 +225,23 @@ RESULTS: tuple[Result, ...] = (
         *("--dataset", "synthetic", "--loss", "full", "--pipeline", '{"max_examples_per_user": 200}'),
         *("--point", '{"epochs": 12, "patience": 3}'),
         *_MEAN_POOLING,
+    ),
+    result(
+        "quality",
+        "history/quality/quality_ml100k_served_mean_uniform.json",
+        "ML-100K leave-last-out as served with the earlier defaults (mean pooling, uniform tail): top-K-plus-random "
+        "below ALS and EASE.",
+        *("--dataset", "ml-100k", "--protocols", "leave_last_out", "--losses", "topk_random"),
+        *("--learning-rates", "0.2", *_UNIFORM_TAIL, *_MEAN_POOLING),
+    ),
+    result(
+        "quality",
+        "history/quality/quality_ml100k_served_mean_uniform_exh.json",
+        "As quality_ml100k_served_mean_uniform with the user's history excluded from the partition function "
+        "(`exclude_history_from_head`), no baselines.",
+        *("--dataset", "ml-100k", "--protocols", "leave_last_out", "--losses", "topk_random"),
+        *("--learning-rates", "0.2", "--set", "exclude_history_from_head=true", "--skip-baselines"),
+        *(*_UNIFORM_TAIL, *_MEAN_POOLING),
     ),
     unfiltered(
         "quality",
