@@ -155,7 +155,7 @@ def pipeline_config(kind: str, protocol: str) -> PipelineConfig:
                 max_examples_per_user=200,
             )
         return PipelineConfig(split="leave_last_out", max_history=50, max_examples_per_user=200)
-    # Synthetic users average ~50 watches: the default cap of 20 examples per user would train the two-tower on ~40%
+    # Synthetic users average ~50 watches: the earlier default cap of 20 examples per user trained the two-tower on ~40%
     # of the training-window watches that ALS, BPR and EASE see. A log of your own is taken the same way.
     if protocol == "time_split":
         return PipelineConfig(max_examples_per_user=200)

@@ -49,7 +49,12 @@ class PipelineConfig(_Section):
     )
     max_history: int = Field(50, ge=1, le=10_000)
     max_search_tokens: int = Field(50, ge=0, le=10_000)
-    max_examples_per_user: int = Field(20, ge=1)
+    max_examples_per_user: int = Field(
+        200,
+        ge=1,
+        description="rollback examples kept per user and split (a seeded sample beyond it): 200 validated above 20 "
+        "on the synthetic log (benchmarks/results/sweep/sweep_synthetic_cap200.md), where users average ~50 watches",
+    )
     min_history: int = Field(1, ge=0, description="labels with fewer earlier watches are not examples")
     video_min_count: int = Field(1, ge=1)
     token_min_count: int = Field(2, ge=1)

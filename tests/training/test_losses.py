@@ -31,7 +31,7 @@ def _head(**kw: object) -> LossHead:
 @pytest.mark.parametrize("head", ["shared", "per_example"])
 def test_tail_rows_are_the_uniform_draws_outside_every_head(head: str) -> None:
     u, V, b, y, cand = _inputs()
-    loss, tail = _head(head=head).loss_and_tail(u, V, b, y, cand, None)
+    loss, tail = _head(head=head, tail_sampler="uniform").loss_and_tail(u, V, b, y, cand, None)
     assert tail is not None and np.isfinite(float(loss))
     rows = tail.rows.numpy()
     heads = set(y.numpy().tolist()) | set(cand.numpy().ravel().tolist())
