@@ -128,6 +128,13 @@ RESULTS: tuple[Result, ...] = (
         *("--dataset", "ml-100k", "--protocols", "leave_last_out", "--hide", "earlier", "--losses", "topk_random"),
         *("--learning-rates", "0.2", "--history-pooling", "recency"),
     ),
+    result(
+        "quality",
+        "quality/quality_synthetic_served.json",
+        "Synthetic 10k catalogue as served, time split: the default two-tower (top-K-plus-random, recency pooling, "
+        "log-uniform tail) against popularity, ALS, BPR and EASE, with planted-topic shares.",
+        *(*_SYNTHETIC_10K, "--protocols", "time_split", "--losses", "topk_random"),
+    ),
     unfiltered(
         "quality",
         "quality/quality_ml100k.json",
