@@ -125,9 +125,14 @@ def exclusions(
     """What a split hides under the run's rule: nothing, the example's own history, or every earlier watch."""
     if not args.exclude_history:
         return None
-    if getattr(args, "hide", "history") == "earlier":
+    if args.hide == "earlier":
         return earlier_watches(prepared.events, data.features, table)
     return batch["history"]
+
+
+def hidden_per_example(exclude: np.ndarray | None) -> float:
+    """Mean number of videos hidden per example (0 when nothing is), recorded beside each protocol's results."""
+    return 0.0 if exclude is None else round(float((exclude >= 0).sum(1).mean()), 1)
 
 
 def run_baselines(
@@ -280,7 +285,7 @@ def run_protocol(
         "validation_scored": len(validation["label"]),
         "test_oov_labels": int((test["label"] == OOV_INDEX).sum()),
         "pipeline": prepared.pipeline[protocol],
-        "hidden_per_test_example": 0.0 if exclude is None else round(float((exclude >= 0).sum(1).mean()), 1),
+        "hidden_per_test_example": hidden_per_example(exclude),
         "losses": {},
     }
     log(f"{protocol}: {out.meta['examples']} examples, {n} videos in the vocabulary")
@@ -299,9 +304,8 @@ def run_protocol(
         if share is not None:
             out.meta["topic_share@100"][loss] = share(scorer)
         mine = metrics_from_ranks(out.ranks[loss])
-        if (
-            len(test["label"]) * n <= 5e8 and args.hide == "history"
-        ):  # cross-check against the project's own evaluation of the run
+        # Cross-check against the project's own evaluation of the run, which hides the example's history.
+        if len(test["label"]) * n <= 5e8 and args.hide == "history":
             official = evaluate_run(run_dir, "test", exclude_history=args.exclude_history)["model"]
             entry["evaluate_run_agrees"] = all(abs(official[k] - mine[k]) < 1e-9 for k in METRIC_KEYS)
         out.meta["losses"][loss] = entry
@@ -366,7 +370,7 @@ def run_budget_protocol(
         "test_subset_of": data.count("test"),
         "budget_seconds": args.budget_seconds,
         "pipeline": prepared.pipeline[protocol],
-        "hidden_per_test_example": 0.0 if exclude is None else round(float((exclude >= 0).sum(1).mean()), 1),
+        "hidden_per_test_example": hidden_per_example(exclude),
         "losses": {},
         "topic_share@100": {},
     }

@@ -312,7 +312,8 @@ def train(
     held_out = _slice(validation, 256)
     per_epoch = batches_per_epoch(data.count("train"), cfg.batch_size)
     timings = {"train_s": 0.0, "eval_s": 0.0}
-    arm_at = _arming_recall(trainer, validation)
+    popularity = trainer.popularity(validation)  # once: the arming threshold and the report's baseline
+    arm_at = _arming_recall(cfg, popularity)
 
     def checkpoint() -> None:
         state.checkpoint = manager.save(checkpoint_number=state.step)
@@ -384,25 +385,25 @@ def train(
             "validation recall@100 never rose %.0f%% above popularity's (%.4f) in %d epochs: the model is no better "
             "than a count yet (more epochs, a higher learning rate or a smaller tower may help)",
             100 * (cfg.stop_margin_over_popularity or 0.0),
-            arm_at / (1.0 + (cfg.stop_margin_over_popularity or 0.0)),
+            popularity["recall@100"],
             len(state.epochs),
         )
-    report = _report(trainer, state, data, validation, timings, out)
+    report = _report(trainer, state, data, popularity, timings, out)
     publish_json(out / REPORT_FILE, report)
     _plots(state, out)
     return report
 
 
-def _arming_recall(trainer: Trainer, validation: Batch) -> float:
+def _arming_recall(cfg: TrainConfig, popularity: dict[str, float]) -> float:
     """The validation recall@100 from which early stopping counts: popularity's on the same examples plus a margin.
 
     Sampled softmax first learns the bias (popularity) and can sit on that plateau for several epochs, longer on a
     sparse log; stopping there would hand back a model no better than a count.
     """
-    margin = trainer.cfg.stop_margin_over_popularity
+    margin = cfg.stop_margin_over_popularity
     if margin is None:
         return -math.inf
-    return (1.0 + margin) * trainer.popularity(validation)["recall@100"]
+    return (1.0 + margin) * popularity["recall@100"]
 
 
 def _export_embeddings(trainer: Trainer, out: Path) -> None:
@@ -415,7 +416,12 @@ def _export_embeddings(trainer: Trainer, out: Path) -> None:
 
 
 def _report(
-    trainer: Trainer, state: TrainState, data: ExampleSet, validation: Batch, timings: dict[str, float], out: Path
+    trainer: Trainer,
+    state: TrainState,
+    data: ExampleSet,
+    popularity: dict[str, float],
+    timings: dict[str, float],
+    out: Path,
 ) -> dict[str, Any]:
     return {
         "loss": trainer.cfg.loss,
@@ -427,7 +433,7 @@ def _report(
         "data": {split: data.count(split) for split in ("train", "validation", "test")},
         "videos": data.sizes.videos,
         "epochs": state.epochs,
-        "validation_popularity": trainer.popularity(validation),
+        "validation_popularity": popularity,
         "estimator_diagnostics": state.diagnostics[-5:],
         "miner_refreshes": [asdict(s) for s in trainer.miner.history[-5:]] if trainer.miner else [],
         "miner_refresh_kinds": dict(Counter(s.kind for s in trainer.miner.history)) if trainer.miner else {},
