@@ -504,9 +504,10 @@ async def _level(plan: dict[str, Any], concurrency: int) -> dict[str, Any]:
     conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(concurrency)]
     start = 0
 
-    async def phase(count: int) -> tuple[list[float], Counter[str], list[str], float]:
+    async def phase(count: int) -> tuple[list[float], Counter[str], list[str], float, list[float]]:
         nonlocal start
         latencies: list[float] = []
+        per_conn: list[list[float]] = [[] for _ in range(concurrency)]
         errors: Counter[str] = Counter()
         samples: list[str] = []
         next_i = 0
@@ -531,6 +532,7 @@ async def _level(plan: dict[str, Any], concurrency: int) -> dict[str, Any]:
                     conns[c] = await asyncio.open_connection("127.0.0.1", port)
                 else:
                     latencies.append(time.perf_counter() - t0)
+                    per_conn[c].append(latencies[-1])
                     problem = _check(status, body, k, watched)
                 if problem is not None:
                     errors[problem.split(":")[0]] += 1
@@ -539,7 +541,10 @@ async def _level(plan: dict[str, Any], concurrency: int) -> dict[str, Any]:
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(c) for c in range(concurrency)))
-        return latencies, errors, samples, time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        # Connections that a worker does not share evenly show up as groups of slower connections here.
+        means = sorted(round(1000 * sum(x) / len(x), 2) for x in per_conn if x)
+        return latencies, errors, samples, wall, means
 
     warm = await phase(int(plan["warmup"]))
     pids = {"server": int(plan["server_pid"]), "redis": int(plan.get("redis_pid") or 0), "loadgen": os.getpid()}
@@ -549,7 +554,7 @@ async def _level(plan: dict[str, Any], concurrency: int) -> dict[str, Any]:
     cpu0["server"] = sum(map(cpu_seconds, workers))
     loop0 = sum(cpu_seconds(pid, pid) for pid in workers)  # each process's main thread runs its event loop
     busy0 = machine_busy_seconds()
-    latencies, errors, samples, wall = await phase(int(plan["requests"]))
+    latencies, errors, samples, wall, connection_means = await phase(int(plan["requests"]))
     busy = machine_busy_seconds() - busy0
     cpu = {name: round((cpu_seconds(pid) if pid else 0.0) - cpu0[name], 3) for name, pid in pids.items()}
     cpu["server"] = round(sum(map(cpu_seconds, workers)) - cpu0["server"], 3)
@@ -565,6 +570,7 @@ async def _level(plan: dict[str, Any], concurrency: int) -> dict[str, Any]:
         "warmup": int(plan["warmup"]),
         "wall_s": round(wall, 4),
         "latencies_ms": [round(x * 1000, 4) for x in latencies],
+        "connection_mean_ms": connection_means,
         "failures": failures,
         "errors": dict(errors + warm[1]),
         "error_samples": (warm[2] + samples)[:5],
@@ -640,8 +646,11 @@ def user_vector_stats(engine: Any, queries: list[Any], topic: np.ndarray) -> dic
 
 def raw_engine(path: Path, histories: list[list[str]], k: int, count: int, topic: np.ndarray) -> dict[str, Any]:
     """Engine.recommend on the same users' queries at batch 16 and batch 1, without HTTP and the store."""
-    from serving.engine import Engine, Query
+    from recsys.config import ServeConfig
+    from serving.engine import Engine, Query, configure_tensorflow
 
+    serve = ServeConfig()  # the service's TensorFlow thread pools, so that both paths run the same runtime
+    configure_tensorflow(serve.tf_intra_op_threads, serve.tf_inter_op_threads)
     t0 = time.perf_counter()
     engine = Engine.load(path, mmap=True)
     load_s = time.perf_counter() - t0
@@ -898,6 +907,10 @@ def report(result: dict[str, Any]) -> str:
             f"{cpu['server']:>27.2f} ({cpu['server_event_loop']:.2f}) {cpu['redis']:>11.2f} {cpu['loadgen']:>7.2f}"
             f"   {level['other_processes_cpu_s']:.1f} cpu-s in {level['wall_s']:.1f} s"
         )
+    for name, level in result["levels"].items():
+        means = level.get("connection_mean_ms") or []
+        if len(means) > 1:  # a worker holding more connections than another shows as a slower group here
+            lines.append(f"{name:<6} mean latency per connection, ms: {', '.join(f'{m:.1f}' for m in means)}")
     for key in (f"b{RAW_BATCH}", "b1"):
         raw = result["raw"][key]
         lines.append(

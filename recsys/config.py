@@ -237,8 +237,10 @@ class ServeConfig(_Section):
     max_id_length: int = Field(256, ge=1, description="longest user or video id accepted")
     max_query_length: int = Field(1000, ge=1, description="longest search query accepted")
     max_k: int = Field(1000, ge=1, le=1000, description="largest k a request may ask for (the API's own cap is 1000)")
-    tf_intra_op_threads: int = Field(0, ge=0, le=256, description="TensorFlow threads per op (0: its default)")
-    tf_inter_op_threads: int = Field(0, ge=0, le=256, description="TensorFlow ops run at once (0: its default)")
+    # One thread each: the tower's batches are small, and TensorFlow's default pools (one thread per core, in
+    # every worker) fight the other workers for the cores; scale with workers. Measured in benchmarks/README.md.
+    tf_intra_op_threads: int = Field(1, ge=0, le=256, description="TensorFlow threads per op (0: its default)")
+    tf_inter_op_threads: int = Field(1, ge=0, le=256, description="TensorFlow ops run at once (0: its default)")
     poll_seconds: float = Field(0.0, ge=0, description="check BUNDLES/latest this often and reload (0: never)")
     admin_token: SecretStr | None = Field(
         default_factory=lambda: _env_secret(ADMIN_TOKEN_ENV),

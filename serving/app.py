@@ -32,7 +32,7 @@ from recsys.features import query_tokens, tokenize
 from recsys.logs import configure_from_env
 from serving.batcher import Arrival, MicroBatcher
 from serving.encode import candidates_json, dumps
-from serving.engine import Context, Engine, Result
+from serving.engine import Context, Engine, Result, configure_tensorflow
 from serving.engine import Query as EngineQuery
 from serving.history import EMPTY, History, HistoryStore, MemoryStore, RedisStore, StoreUnavailable, Writes
 from serving.models import (
@@ -86,7 +86,7 @@ class Service:
 
     async def start(self) -> None:
         """Start batching, load the bundle (fatal unless polling will retry), start polling."""
-        _configure_tensorflow(self.config)
+        configure_tensorflow(self.config.tf_intra_op_threads, self.config.tf_inter_op_threads)
         self.batcher.start()
         try:
             await self.reload()
@@ -172,21 +172,6 @@ class Service:
             return EMPTY, True
         metrics.STORE_UP.set(1)
         return found, False
-
-
-def _configure_tensorflow(config: ServeConfig) -> None:
-    """Thread pools of the tower's runtime (before its first op; several workers on few cores want small pools)."""
-    if not (config.tf_intra_op_threads or config.tf_inter_op_threads):
-        return
-    import tensorflow as tf
-
-    try:
-        if config.tf_intra_op_threads:
-            tf.config.threading.set_intra_op_parallelism_threads(config.tf_intra_op_threads)
-        if config.tf_inter_op_threads:
-            tf.config.threading.set_inter_op_parallelism_threads(config.tf_inter_op_threads)
-    except RuntimeError as exc:  # TensorFlow already ran an op in this process
-        log.warning("TensorFlow thread settings not applied: %s", exc)
 
 
 def make_store(config: ServeConfig) -> HistoryStore:

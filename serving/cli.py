@@ -1,4 +1,4 @@
-"""`recsys serve`: run the candidate service under uvicorn (one or several worker processes)."""
+"""`recsys serve`: run the candidate service under uvicorn (one or several worker processes, see serving.workers)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from recsys.cli import settings_from, verbosity_from
 from recsys.config import CONFIG_ENV, with_overrides
 from recsys.logs import LEVEL_ENV, level_for
+from serving.workers import balanced_workers_supported, run_workers
 
 
 def register(app: typer.Typer) -> None:
@@ -66,12 +67,7 @@ def serve(
     if cfg.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recsys-metrics-")
     os.environ.update(env)
-    uvicorn.run(
-        "serving.app:app_from_env",
-        factory=True,
-        host=cfg.host,
-        port=cfg.port,
-        workers=cfg.workers,
-        log_level=log_level,
-        access_log=False,
-    )
+    options: dict[str, Any] = {"factory": True, "log_level": log_level, "access_log": False}
+    if cfg.workers > 1 and balanced_workers_supported():
+        raise typer.Exit(run_workers("serving.app:app_from_env", cfg.host, cfg.port, cfg.workers, **options))
+    uvicorn.run("serving.app:app_from_env", host=cfg.host, port=cfg.port, workers=cfg.workers, **options)

@@ -25,7 +25,22 @@ from recsys.schemas import OOV_INDEX
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Context", "Engine", "Query", "Result", "WarmupError"]
+__all__ = ["Context", "Engine", "Query", "Result", "WarmupError", "configure_tensorflow"]
+
+
+def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> None:
+    """Thread pools of the tower's runtime (before its first op; several workers on few cores want small pools)."""
+    if not (intra_op_threads or inter_op_threads):
+        return
+    import tensorflow as tf
+
+    try:
+        if intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+        if inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    except RuntimeError as exc:  # TensorFlow already ran an op in this process
+        log.warning("TensorFlow thread settings not applied: %s", exc)
 
 
 class WarmupError(RecsysError):

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -206,27 +207,83 @@ def test_health_readiness_and_metrics(api: Api) -> None:
     assert f'recsys_model_info{{model_version="{ready["model_version"]}"}} 1.0' in text
 
 
-def test_workers_share_the_memory_mapped_bundle(trained: Trained, redis_module: RedisServer, tmp_path: Path) -> None:
+def _workers_mapping_the_bundle(parent: int) -> list[int]:
+    """Child processes of the server that have the bundle's embeddings and index memory-mapped."""
+    children = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True, check=False).stdout
+    mapped = []
+    for pid in map(int, children.split()):
+        maps = Path(f"/proc/{pid}/maps")
+        text = maps.read_text() if maps.exists() else ""
+        if "embeddings.npy" in text and "index.faiss" in text:
+            mapped.append(pid)
+    return mapped
+
+
+def _wait_for_workers(parent: int, count: int, exclude: frozenset[int] = frozenset()) -> list[int]:
+    """Wait (60 s at most) until `count` workers, none of them in `exclude`, have loaded the bundle."""
+    deadline = time.monotonic() + 60
+    while True:
+        mapped = [pid for pid in _workers_mapping_the_bundle(parent) if pid not in exclude]
+        if len(mapped) == count or time.monotonic() > deadline:
+            return mapped
+        time.sleep(0.5)
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process still runs (not gone, not a zombie waiting for its parent)."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _connections_per_process(pids: list[int], port: int) -> dict[int, int]:
+    """Established TCP connections on the server's port held open by each process (from /proc)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
+                inodes.add(fields[9])
+    counts = {}
+    for pid in pids:
+        links = [p.readlink().name for p in Path(f"/proc/{pid}/fd").iterdir() if p.is_symlink()]
+        counts[pid] = sum(link.startswith("socket:[") and link[8:-1] in inodes for link in links)
+    return counts
+
+
+def test_workers_share_the_bundle_and_the_connections(
+    trained: Trained, redis_module: RedisServer, tmp_path: Path
+) -> None:
+    """Two workers map one copy of the bundle, both take connections (one SO_REUSEPORT socket each, not one
+    shared accept queue that the first worker to wake drains), and a killed worker is replaced while the other
+    keeps answering."""
     server = start_api(trained.bundles, redis_module, tmp_path, "--workers", "2")
+    clients: list[httpx.Client] = []
     try:
         # /readyz answered from one worker; give the other time to finish loading before reading the maps.
-        deadline = time.monotonic() + 60
-        while True:
-            children = subprocess.run(
-                ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True, check=False
-            ).stdout.split()
-            mapped = []
-            for pid in children:
-                maps = Path(f"/proc/{pid}/maps")
-                text = maps.read_text() if maps.exists() else ""
-                if "embeddings.npy" in text and "index.faiss" in text:
-                    mapped.append(pid)
-            if len(mapped) == 2 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert len(mapped) == 2, f"both workers should map embeddings.npy and index.faiss, found {mapped}"
-        for _ in range(10):
+        workers = _wait_for_workers(server.process.pid, 2)
+        assert len(workers) == 2, f"both workers should map embeddings.npy and index.faiss, found {workers}"
+        for _ in range(16):  # 16 keep-alive connections opened back to back, as a load balancer does
+            client = httpx.Client(base_url=server.url, timeout=30)
+            assert client.get("/healthz").status_code == 200
+            clients.append(client)
+        port = int(server.url.rsplit(":", 1)[1])
+        per_worker = _connections_per_process(workers, port)
+        assert sum(per_worker.values()) == 16, per_worker
+        assert min(per_worker.values()) >= 1, f"one worker took every connection: {per_worker}"
+
+        killed = workers[0]
+        subprocess.run(["kill", "-9", str(killed)], check=True)
+        while _alive(killed):  # its sockets close when it exits (a connection made before that is reset)
+            time.sleep(0.05)
+        for _ in range(10):  # the surviving worker answers meanwhile: new connections go to a live socket
             answer = _candidates(server, k=10)
             assert len(answer.candidates) == 10
+        replaced = _wait_for_workers(server.process.pid, 2, exclude=frozenset({killed}))
+        assert killed not in replaced and len(replaced) == 2, f"the killed worker was not replaced: {replaced}"
     finally:
+        for client in clients:
+            client.close()
         stop_api(server)
