@@ -81,13 +81,11 @@ from benchmarks.two_tower import (
     TOWER_NOTE,
     TWO_TOWER_GRID,
     TWO_TOWER_GRID_NOTE,
-    apply_point,
     model_configs,
-    parse_grid,
-    parse_overrides,
     with_tower,
 )
 from recsys.config import HISTORY_POOLINGS, ModelConfig, parse_widths, with_overrides
+from recsys.grid import apply_point, parse_grid, parse_overrides
 from recsys.metrics import exclusion_protocol
 
 BUDGET_SECONDS = 300.0  # the equal wall-clock budget per loss from BIG_CATALOGUE videos, unless --budget-seconds

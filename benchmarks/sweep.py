@@ -34,8 +34,9 @@ from benchmarks.datasets import (
 from benchmarks.output import command_line, log, write_json
 from benchmarks.report import write_report
 from benchmarks.schema import LOSSES, METRIC_KEYS
-from benchmarks.two_tower import apply_point, model_configs
+from benchmarks.two_tower import model_configs
 from recsys.config import HISTORY_POOLINGS, with_overrides
+from recsys.grid import apply_point
 from recsys.metrics import exclusion_protocol
 from training.train import train
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +17,8 @@ from recsys.config import ModelConfig, TrainConfig, with_overrides
 from recsys.metrics import Scorer, dot_scorer, label_ranks
 from training.data import Batch, ExampleSet, training_batches, with_next
 from training.evaluate import load_run, user_vectors
-from training.train import RUN_BIAS_FILE, RUN_EMBEDDINGS_FILE, Trainer, train
+from training.train import RUN_BIAS_FILE, RUN_EMBEDDINGS_FILE, Trainer
+from training.tune import tune
 
 # Two-tower grid per dataset kind, searched per loss and protocol on validation recall@100 (keys: TrainConfig or
 # ModelConfig fields); every point trains up to the epoch cap with early stopping and its best epoch counts.
@@ -113,64 +111,6 @@ def with_tower(
     return with_overrides(model_cfg, hidden=hidden, video_input_dim=video_input_dim, history_pooling=history_pooling)
 
 
-def grid_points(axes: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """Every combination of the grid's axes as a {field: value} dict, in a stable order."""
-    names = list(axes)
-    return [dict(zip(names, values, strict=True)) for values in itertools.product(*axes.values())]
-
-
-def _config_value(text: str) -> Any:
-    """A command-line value: JSON when it parses (numbers, booleans, lists), else the bare string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _field_and_text(item: str, option: str, form: str) -> tuple[str, str]:
-    """Split FIELD=TEXT and check that FIELD is a ModelConfig or TrainConfig field."""
-    field, sep, text = item.partition("=")
-    field = field.strip()
-    if not sep or not field:
-        raise ValueError(f"{option} {item!r}: expected {form}")
-    if field not in ModelConfig.model_fields and field not in TrainConfig.model_fields:
-        raise ValueError(f"{option} {field}: not a ModelConfig or TrainConfig field")
-    return field, text
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """FIELD=VALUE strings (VALUE as JSON, else the bare string) as a {field: value} dict of config fields."""
-    out: dict[str, Any] = {}
-    for item in items:
-        field, text = _field_and_text(item, "--set", "FIELD=VALUE")
-        out[field] = _config_value(text)
-    return out
-
-
-def parse_grid(items: Sequence[str]) -> dict[str, tuple[Any, ...]]:
-    """FIELD=V1,V2,... strings as grid axes {field: (values...)}, each value read like parse_overrides'."""
-    out: dict[str, tuple[Any, ...]] = {}
-    for item in items:
-        field, text = _field_and_text(item, "--grid", "FIELD=V1,V2,...")
-        values = tuple(_config_value(v.strip()) for v in text.split(",") if v.strip())
-        if not values:
-            raise ValueError(f"--grid {field}: no values")
-        out[field] = values
-    return out
-
-
-def apply_point(
-    model_cfg: ModelConfig, train_cfg: TrainConfig, point: dict[str, Any]
-) -> tuple[ModelConfig, TrainConfig]:
-    """The model and training configs with one grid point's values (each key a ModelConfig or TrainConfig field)."""
-    unknown = set(point) - set(ModelConfig.model_fields) - set(TrainConfig.model_fields)
-    if unknown:
-        raise KeyError(f"grid keys {sorted(unknown)} are neither ModelConfig nor TrainConfig fields")
-    model_values = {k: v for k, v in point.items() if k in ModelConfig.model_fields}
-    train_values = {k: v for k, v in point.items() if k in TrainConfig.model_fields}
-    return with_overrides(model_cfg, **model_values), with_overrides(train_cfg, **train_values)
-
-
 def score_chunk(n_videos: int) -> int:
     """Examples per scoring chunk so that one float64 score block stays near 512 MB."""
     return int(max(8, min(1024, (1 << 26) // max(n_videos, 1))))
@@ -197,56 +137,32 @@ def tune_loss(
     axes: dict[str, Sequence[Any]],
     args: argparse.Namespace,
 ) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """Train one loss at every grid point; keep the point with the best validation recall@100 (its best epoch).
+    """Train one loss at every grid point with `training.tune` (what `recsys tune` runs); keep the best on validation.
 
     Returns the chosen run's directory, its meta entry (grid, chosen values, every point's validation result) and
     its training report. Test is never looked at here.
     """
-    t_grid = time.perf_counter()
-    points: list[dict[str, Any]] = []
-    chosen: tuple[int, dict[str, Any], float] | None = None  # grid index, training report, wall seconds
-    best_val = -math.inf
-    for i, point in enumerate(grid_points(axes)):
-        point_model, point_train = apply_point(model_cfg, train_cfg, point)
-        run_dir = runs_dir / f"point-{i}"
-        t0 = time.perf_counter()
-        report = train(examples, run_dir, point_model, point_train, progress=args.progress)
-        wall = time.perf_counter() - t0
-        best = report["epochs"][report["best_epoch"] - 1]
-        points.append(
-            {
-                "params": point,
-                "validation": {k: best[k] for k in METRIC_KEYS},
-                "best_epoch": report["best_epoch"],
-                "epochs_run": report["epochs_run"],
-                "stopped_early": report["stopped_early"],
-                "wall_s": round(wall, 2),
-            }
-        )
+    tuning = tune(examples, runs_dir, model_cfg, train_cfg, axes, progress=args.progress)
+    record, report = tuning.record, tuning.report
+    points = [
+        {**{k: v for k, v in p.items() if k != "run"}, "validation": {k: p["validation"][k] for k in METRIC_KEYS}}
+        for p in record["points"]
+    ]
+    for p in points:
         log(
-            f"  {train_cfg.loss} {point}: validation recall@100 {best['recall@100']:.4f} at epoch "
-            f"{report['best_epoch']}/{report['epochs_run']} ({wall:.0f} s)"
+            f"  {train_cfg.loss} {p['params']}: validation recall@100 {p['validation']['recall@100']:.4f} at epoch "
+            f"{p['best_epoch']}/{p['epochs_run']} ({p['wall_s']:.0f} s)"
         )
-        if best["recall@100"] > best_val:  # ties keep the earlier point
-            if chosen is not None:  # only the best run stays on disk
-                shutil.rmtree(runs_dir / f"point-{chosen[0]}", ignore_errors=True)
-            chosen, best_val = (i, report, wall), best["recall@100"]
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
-    if chosen is None:
-        raise ValueError("empty two-tower grid")
-    index, report, wall = chosen
-    run_dir = runs_dir / f"point-{index}"
     best = report["epochs"][report["best_epoch"] - 1]
     entry: dict[str, Any] = {
-        "grid": {k: list(v) for k, v in axes.items()},
-        "chosen": points[index]["params"],
+        "grid": record["grid"],
+        "chosen": record["chosen"],
         "chosen_validation": {k: best[k] for k in METRIC_KEYS},
         "epoch_cap": train_cfg.epochs,
         "patience": train_cfg.patience,
         "points": points,
-        "grid_s": round(time.perf_counter() - t_grid, 2),
-        "wall_s": round(wall, 2),
+        "grid_s": record["grid_s"],
+        "wall_s": record["wall_s"],
         "timings_s": report["timings_s"],
         "steps": report["steps"],
         "epochs_run": report["epochs_run"],
@@ -255,7 +171,7 @@ def tune_loss(
         "validation_best": {k: best[k] for k in METRIC_KEYS},
         "epochs": [{k: v for k, v in e.items() if isinstance(v, (int, float))} for e in report["epochs"]],
     }
-    return run_dir, entry, report
+    return tuning.run, entry, report
 
 
 def train_for_budget(

@@ -30,6 +30,7 @@ __all__ = ["balanced_workers_supported", "claim_port", "run_workers"]
 
 STARTUP_FAILURE = 3  # uvicorn's exit status when the lifespan (bundle load) failed: restarting will not help
 STOP_GRACE_S = 30.0
+RESTART_WINDOW_S, MAX_RESTARTS = 60.0, 5  # more restarts than this within the window is a crash loop: give up
 
 
 def balanced_workers_supported() -> bool:
@@ -82,6 +83,7 @@ class _Supervisor:
         self.processes: list[BaseProcess] = []
         self.workers = workers
         self.stopping = False
+        self.restarts: list[float] = []  # monotonic times of recent restarts
 
     def _start(self) -> BaseProcess:
         process = self.context.Process(target=_worker, args=self.args, name="recsys-worker", daemon=False)
@@ -93,7 +95,7 @@ class _Supervisor:
         self.stopping = True
 
     def run(self) -> int:
-        """Supervise until stopped; the exit status is 0, or a worker's start-up failure."""
+        """Supervise until stopped; the exit status is 0, a worker's start-up failure (3), or 1 for a crash loop."""
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         status = 0
         try:
@@ -106,6 +108,12 @@ class _Supervisor:
                     if process.exitcode == STARTUP_FAILURE:
                         log.error("worker [%s] failed to start (see above); stopping", process.pid)
                         self.stopping, status = True, STARTUP_FAILURE
+                        break
+                    now = time.monotonic()
+                    self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S] + [now]
+                    if len(self.restarts) > MAX_RESTARTS:
+                        log.error("workers died %d times in %.0fs; stopping", len(self.restarts), RESTART_WINDOW_S)
+                        self.stopping, status = True, 1
                         break
                     log.warning("worker [%s] exited with %s; starting another", process.pid, process.exitcode)
                     self.processes[i] = self._start()

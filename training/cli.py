@@ -15,6 +15,7 @@ from recsys.config import HISTORY_POOLINGS, parse_widths, with_overrides
 def register(app: typer.Typer) -> None:
     """Add the training commands to the root CLI."""
     app.command("train")(train)
+    app.command("tune")(tune)
     app.command("evaluate")(evaluate)
     app.command("demo")(demo)
 
@@ -76,6 +77,57 @@ def train(
         f"{best.get('recall@100', float('nan')):.4f} (popularity {report['validation_popularity']['recall@100']:.4f})"
         f" -> {out}"
     )
+
+
+def tune(
+    ctx: typer.Context,
+    examples: Annotated[Path, typer.Option(help="output directory of `recsys pipeline`")],
+    out: Annotated[Path, typer.Option(help="new directory: one run per grid point (the best kept), tuning.json")],
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="an axis FIELD=V1,V2,... of ModelConfig/TrainConfig fields (repeatable; default: "
+            "learning rate x0.5 / x1 / x2 and history pooling recency / mean)"
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="FIELD=VALUE fixed for every point (repeatable)")
+    ] = None,
+    loss: Annotated[str | None, typer.Option(help="full | loguniform | inbatch | topk_random")] = None,
+    epochs: Annotated[int | None, typer.Option(help="epoch cap of every point (early stopping still applies)")] = None,
+    budget_minutes: Annotated[
+        float | None, typer.Option(help="start no further point after this long (the first always runs)")
+    ] = None,
+    keep_all: Annotated[bool, typer.Option(help="keep every point's run, not only the best")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Validation-only search over a config grid: train each point, keep the best validation recall@100."""
+    from recsys.grid import apply_point, parse_grid, parse_overrides
+    from training.tune import TUNING_FILE, default_axes
+    from training.tune import tune as run_tune
+
+    settings = settings_from(ctx)
+    try:
+        fixed = parse_overrides(set_ or [])
+        model_cfg, cfg = apply_point(settings.model, with_overrides(settings.train, loss=loss, epochs=epochs), fixed)
+    except (ValueError, KeyError) as err:
+        raise typer.BadParameter(str(err), param_hint="--set") from None
+    try:
+        axes = parse_grid(grid) if grid else default_axes(model_cfg, cfg)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--grid") from None
+    budget = None if budget_minutes is None else 60.0 * budget_minutes
+    result = run_tune(examples, out, model_cfg, cfg, axes, budget_seconds=budget, keep_all=keep_all, progress=not quiet)
+    record = result.record
+    for point in record["points"]:
+        figure = point.get("skipped") or f"validation recall@100 {point['validation']['recall@100']:.4f}"
+        typer.echo(f"  {point['params']}: {figure}")
+    typer.echo(
+        f"chosen {record['chosen']}: validation recall@100 {record['chosen_validation']['recall@100']:.4f} "
+        f"(popularity {record['validation_popularity']['recall@100']:.4f}), {record['points_run']} of "
+        f"{len(record['points'])} points in {record['grid_s']:.0f} s -> {result.run} ({out / TUNING_FILE})"
+    )
+    typer.echo(f"next: recsys export --run {result.run} --out BUNDLES")
 
 
 def evaluate(
