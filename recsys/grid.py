@@ -50,12 +50,24 @@ def parse_overrides(items: Sequence[str], option: str = "--set") -> dict[str, An
     return out
 
 
+def _split_values(text: str) -> list[str]:
+    """Split V1,V2,... at the commas outside brackets, so a list value such as [1024,512,256] stays whole."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
 def parse_grid(items: Sequence[str], option: str = "--grid") -> dict[str, tuple[Any, ...]]:
     """FIELD=V1,V2,... strings as grid axes {field: (values...)}, each value read like parse_overrides'."""
     out: dict[str, tuple[Any, ...]] = {}
     for item in items:
         field, text = _field_and_text(item, option, "FIELD=V1,V2,...")
-        values = tuple(config_value(v.strip()) for v in text.split(",") if v.strip())
+        values = tuple(config_value(v) for v in _split_values(text))
         if not values:
             raise ValueError(f"{option} {field}: no values")
         out[field] = values

@@ -41,6 +41,8 @@ def test_parse_grid_reads_each_axis_and_its_values() -> None:
     axes = parse_grid(["history_pooling=mean,recency", "learning_rate=0.1, 0.2"])
     assert axes == {"history_pooling": ("mean", "recency"), "learning_rate": (0.1, 0.2)}
     assert [p["history_pooling"] for p in grid_points(axes)] == ["mean", "mean", "recency", "recency"]
+    # Commas inside a list value do not split it: a tower-shape axis.
+    assert parse_grid(["hidden=[],[1024, 512,256],[256]"]) == {"hidden": ([], [1024, 512, 256], [256])}
     with pytest.raises(ValueError, match="no values"):
         parse_grid(["learning_rate="])
     with pytest.raises(ValueError, match="not a ModelConfig or TrainConfig field"):
