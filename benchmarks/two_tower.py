@@ -153,11 +153,11 @@ def tune_loss(
             f"  {train_cfg.loss} {p['params']}: validation recall@100 {p['validation']['recall@100']:.4f} at epoch "
             f"{p['best_epoch']}/{p['epochs_run']} ({p['wall_s']:.0f} s)"
         )
-    best = report["epochs"][report["best_epoch"] - 1]
+    chosen_validation = {k: record["chosen_validation"][k] for k in METRIC_KEYS}
     entry: dict[str, Any] = {
         "grid": record["grid"],
         "chosen": record["chosen"],
-        "chosen_validation": {k: best[k] for k in METRIC_KEYS},
+        "chosen_validation": chosen_validation,
         "epoch_cap": train_cfg.epochs,
         "patience": train_cfg.patience,
         "points": points,
@@ -168,7 +168,7 @@ def tune_loss(
         "epochs_run": report["epochs_run"],
         "best_epoch": report["best_epoch"],
         "stopped_early": report["stopped_early"],
-        "validation_best": {k: best[k] for k in METRIC_KEYS},
+        "validation_best": chosen_validation,
         "epochs": [{k: v for k, v in e.items() if isinstance(v, (int, float))} for e in report["epochs"]],
     }
     return tuning.run, entry, report

@@ -80,11 +80,11 @@ def tune(
     runs_dir.mkdir(parents=True, exist_ok=True)
     t_grid = time.perf_counter()
     tried: list[dict[str, Any]] = []
-    chosen: tuple[int, dict[str, Any], float] | None = None  # point index, training report, wall seconds
-    best_recall = -math.inf
+    best: dict[str, Any] | None = None  # the chosen point's entry of `tried`
+    best_report: dict[str, Any] = {}
     for i, point in enumerate(points):
         spent = time.perf_counter() - t_grid
-        if chosen is not None and budget_seconds is not None and spent >= budget_seconds:
+        if best is not None and budget_seconds is not None and spent >= budget_seconds:
             tried.append({"params": point, "skipped": f"budget of {budget_seconds:.0f} s spent ({spent:.0f} s)"})
             continue
         point_model, point_cfg = apply_point(model_cfg, cfg, point)
@@ -92,52 +92,48 @@ def tune(
         t0 = time.perf_counter()
         report = train(examples, run_dir, point_model, point_cfg, progress=progress)
         wall = time.perf_counter() - t0
-        validation = _best_epoch(report)
-        tried.append(
-            {
-                "params": point,
-                "run": run_dir.name,
-                "validation": validation,
-                "best_epoch": report["best_epoch"],
-                "epochs_run": report["epochs_run"],
-                "stopped_early": report["stopped_early"],
-                "wall_s": round(wall, 2),
-            }
-        )
-        recall = validation.get("recall@100", -math.inf)
+        entry = {
+            "params": point,
+            "run": run_dir.name,
+            "validation": _best_epoch(report),
+            "best_epoch": report["best_epoch"],
+            "epochs_run": report["epochs_run"],
+            "stopped_early": report["stopped_early"],
+            "wall_s": round(wall, 2),
+        }
+        tried.append(entry)
+        recall = entry["validation"].get("recall@100", -math.inf)
         progress_line(
             f"point {i + 1}/{len(points)} {point}: validation recall@100 {recall:.4f} at epoch "
             f"{report['best_epoch']}/{report['epochs_run']} ({wall:.0f} s)",
             progress,
             log,
         )
-        if recall > best_recall:
-            if chosen is not None and not keep_all:
-                shutil.rmtree(runs_dir / f"point-{chosen[0]}", ignore_errors=True)
-            chosen, best_recall = (i, report, wall), recall
+        if best is None or recall > best["validation"].get("recall@100", -math.inf):  # ties keep the earlier
+            if best is not None and not keep_all:
+                shutil.rmtree(runs_dir / best["run"], ignore_errors=True)
+            best, best_report = entry, report
         elif not keep_all:
             shutil.rmtree(run_dir, ignore_errors=True)
-    assert chosen is not None  # the first point always runs
-    index, report, wall = chosen
-    popularity = report["validation_popularity"]
+    assert best is not None  # the first point always runs
     record: dict[str, Any] = {
         "examples": str(examples.resolve()),
         "grid": {k: list(v) for k, v in axes.items()},
         "base": {"model": model_cfg.model_dump(mode="json"), "train": cfg.model_dump(mode="json")},
         "budget_s": budget_seconds,
-        "chosen": points[index],
-        "chosen_run": f"point-{index}",
-        "chosen_validation": _best_epoch(report),
-        "validation_popularity": popularity,
+        "chosen": best["params"],
+        "chosen_run": best["run"],
+        "chosen_validation": best["validation"],
+        "validation_popularity": best_report["validation_popularity"],
         "points": tried,
         "points_run": sum("skipped" not in p for p in tried),
         "grid_s": round(time.perf_counter() - t_grid, 2),
-        "wall_s": round(wall, 2),
+        "wall_s": best["wall_s"],
         "selection": "best validation recall@100 at each point's best epoch (test never read); ties: earlier point",
     }
     publish_json(runs_dir / TUNING_FILE, record)
     _plot(record, runs_dir)
-    return Tuning(runs_dir / f"point-{index}", record, report)
+    return Tuning(runs_dir / best["run"], record, best_report)
 
 
 def _plot(record: dict[str, Any], out: Path) -> None:
