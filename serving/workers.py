@@ -138,7 +138,7 @@ class _Supervisor:
 
 
 def run_workers(app: str, host: str, port: int, workers: int, **options: Any) -> int:
-    """Serve the ASGI app (an import string) from ``workers`` processes on host:port; returns the exit status."""
-    port = claim_port(host, port)
+    """Serve the ASGI app (an import string) from ``workers`` processes on host:port (claimed with ``claim_port``
+    first: a free port, not 0); returns the exit status."""
     log.info("serving on %s:%d with %d workers (one SO_REUSEPORT socket each)", host, port, workers)
     return _Supervisor(app, host, port, workers, options).run()

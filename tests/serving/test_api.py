@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,6 +207,17 @@ def test_health_readiness_and_metrics(api: Api) -> None:
     for name in ("recsys_requests_total", "recsys_request_seconds_bucket", "recsys_batch_size_bucket"):
         assert name in text
     assert f'recsys_model_info{{model_version="{ready["model_version"]}"}} 1.0' in text
+
+
+def test_workers_refuse_a_busy_port_in_one_line(trained: Trained, tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        command = [sys.executable, "-m", "recsys", "serve", "--bundles", str(trained.bundles), "--port", str(port)]
+        done = subprocess.run([*command, "--workers", "2"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
 
 
 def _workers_mapping_the_bundle(parent: int) -> list[int]:
