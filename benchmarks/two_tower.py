@@ -81,6 +81,7 @@ def model_configs(kind: str, epochs: int | None, budget: bool) -> tuple[ModelCon
             warmup_steps=50,
             refresh_every=50,
             patience=4,
+            patience_steps=0,  # the protocol of the committed results: patience in epochs only
         )
     else:  # synthetic or a log of your own: not tuned; m and K around sqrt(n) as the design suggests
         # One hidden layer: full softmax's validation recall beat depth 0 with it (TOWER_NOTE).
@@ -95,6 +96,7 @@ def model_configs(kind: str, epochs: int | None, budget: bool) -> tuple[ModelCon
             warmup_steps=200,
             refresh_every=200 if budget else 100,
             patience=3,
+            patience_steps=0,  # the protocol of the committed results: patience in epochs only
         )
     if epochs is not None:
         cfg = with_overrides(cfg, epochs=epochs)

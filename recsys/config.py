@@ -110,7 +110,19 @@ class TrainConfig(_Section):
 
     loss: Literal["full", "loguniform", "inbatch", "topk_random"] = "topk_random"
     batch_size: int = Field(1024, ge=1)
-    epochs: int = Field(10, ge=1)
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="epoch cap (early stopping usually ends sooner); None: derived from the log, enough epochs for "
+        "min_steps optimizer steps, between 10 and max_auto_epochs",
+    )
+    min_steps: int = Field(
+        4000,
+        ge=1,
+        description="optimizer steps that epochs=None plans for: a small log needs many epochs to leave "
+        "popularity's plateau (ML-100K's 69 steps per epoch: ~1,200 steps), a large one gets 10 epochs",
+    )
+    max_auto_epochs: int = Field(100, ge=1, description="the most epochs epochs=None plans for")
     learning_rate: float = Field(0.3, gt=0, description="Adagrad step size (tuned on ML-100K and the demo log)")
     seed: int = 0
     head: Literal["per_example", "shared"] = Field(
@@ -159,6 +171,12 @@ class TrainConfig(_Section):
         description="per-epoch validation as served: each example's history hidden, a re-watched label a miss",
     )
     patience: int = Field(2, ge=1, description="epochs without validation improvement before stopping")
+    patience_steps: int = Field(
+        400,
+        ge=0,
+        description="early stopping also waits this many optimizer steps without improvement (whichever is more "
+        "epochs): on a small log two epochs are ~150 steps, well inside validation's epoch-to-epoch noise",
+    )
     stop_margin_over_popularity: float | None = Field(
         0.05,
         ge=0,

@@ -13,7 +13,7 @@ import typer
 from recsys.cli import settings_from, verbosity_from
 from recsys.config import CONFIG_ENV, with_overrides
 from recsys.logs import LEVEL_ENV, level_for
-from serving.workers import balanced_workers_supported, claim_port, run_workers
+from serving.workers import balanced_workers_supported, listen, run_workers
 
 
 def register(app: typer.Typer) -> None:
@@ -70,9 +70,9 @@ def serve(
     options: dict[str, Any] = {"factory": True, "log_level": log_level, "access_log": False}
     if cfg.workers > 1 and balanced_workers_supported():
         try:
-            port = claim_port(cfg.host, cfg.port)
+            listener = listen(cfg.host, cfg.port)
         except OSError as exc:
             message = f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}"
             raise typer.BadParameter(message, param_hint="--port") from None
-        raise typer.Exit(run_workers("serving.app:app_from_env", cfg.host, port, cfg.workers, **options))
+        raise typer.Exit(run_workers("serving.app:app_from_env", listener, cfg.workers, **options))
     uvicorn.run("serving.app:app_from_env", host=cfg.host, port=cfg.port, workers=cfg.workers, **options)

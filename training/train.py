@@ -27,6 +27,7 @@ from recsys.sparse_optim import SparseAdagrad, tf_variable
 from training.data import Batch, ExampleSet, batches_per_epoch, to_batch, training_batches, with_next
 from training.losses import LossHead
 from training.miner import NegativeMiner
+from training.schedule import Schedule, schedule
 
 STATE_FILE = "state.json"
 REPORT_FILE = "report.json"
@@ -311,6 +312,14 @@ def train(
     validation = to_batch(data.read("validation", cfg.eval_max_examples), data.max_history, data.max_tokens)
     held_out = _slice(validation, 256)
     per_epoch = batches_per_epoch(data.count("train"), cfg.batch_size)
+    plan = schedule(cfg, per_epoch)
+    logging.getLogger(__name__).info(
+        "epochs: up to %d (%s); patience %d epochs (%s)",
+        plan.epochs,
+        plan.epochs_from,
+        plan.patience,
+        plan.patience_from,
+    )
     timings = {"train_s": 0.0, "eval_s": 0.0}
     popularity = trainer.popularity(validation)  # once: the arming threshold and the report's baseline
     arm_at = _arming_recall(cfg, popularity)
@@ -320,12 +329,12 @@ def train(
         state.save(out)
 
     try:
-        while state.epoch < cfg.epochs and not state.stopped_early:
+        while state.epoch < plan.epochs and not state.stopped_early:
             t0 = time.perf_counter()
             bar = tqdm(
                 total=per_epoch,
                 initial=state.batch_in_epoch,
-                desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+                desc=f"epoch {state.epoch + 1}/{plan.epochs}",
                 disable=not progress_enabled(progress),
                 unit="step",
             )
@@ -373,7 +382,7 @@ def train(
                 _export_embeddings(trainer, out)
             elif state.armed_epoch is not None:
                 state.bad_epochs += 1
-                state.stopped_early = state.bad_epochs >= cfg.patience
+                state.stopped_early = state.bad_epochs >= plan.patience
             state.epoch += 1
             state.batch_in_epoch = 0
             checkpoint()
@@ -388,7 +397,7 @@ def train(
             popularity["recall@100"],
             len(state.epochs),
         )
-    report = _report(trainer, state, data, popularity, timings, out)
+    report = _report(trainer, state, data, popularity, timings, plan, out)
     publish_json(out / REPORT_FILE, report)
     _plots(state, out)
     return report
@@ -421,12 +430,14 @@ def _report(
     data: ExampleSet,
     popularity: dict[str, float],
     timings: dict[str, float],
+    plan: Schedule,
     out: Path,
 ) -> dict[str, Any]:
     return {
         "loss": trainer.cfg.loss,
         "steps": state.step,
         "epochs_run": len(state.epochs),
+        "schedule": asdict(plan),
         "best_epoch": state.best_epoch,
         "stopped_early": state.stopped_early,
         "early_stopping_armed_epoch": state.armed_epoch,

@@ -103,6 +103,7 @@ def _train_cfg(**kw) -> TrainConfig:
         diagnostics_every=40,
         eval_max_examples=500,
         patience=5,
+        patience_steps=0,
         shuffle_window=2000,
     )
     return TrainConfig(**(base | kw))

@@ -1,0 +1,37 @@
+"""The run length: epochs planned in optimizer steps when the config does not set them."""
+
+from __future__ import annotations
+
+import pytest
+
+from recsys.config import TrainConfig
+from training.schedule import MIN_AUTO_EPOCHS, schedule
+
+
+def test_a_small_log_gets_enough_epochs_for_min_steps_and_a_large_one_the_floor() -> None:
+    cfg = TrainConfig(min_steps=4000, max_auto_epochs=100)
+    small = schedule(cfg, steps_per_epoch=69)  # ML-100K's time split at batch 1024
+    assert small.epochs == 58 and small.epochs * 69 >= 4000 > (small.epochs - 1) * 69
+    assert "derived" in small.epochs_from and "69 steps per epoch" in small.epochs_from
+    large = schedule(cfg, steps_per_epoch=5000)
+    assert large.epochs == MIN_AUTO_EPOCHS
+    tiny = schedule(cfg, steps_per_epoch=1)
+    assert tiny.epochs == 100  # bounded: every epoch also pays a validation pass
+
+
+def test_a_set_epoch_cap_is_kept_whatever_the_log() -> None:
+    cfg = TrainConfig(epochs=3)
+    assert schedule(cfg, 69).epochs == schedule(cfg, 50_000).epochs == 3
+    assert schedule(cfg, 69).epochs_from == "set (train.epochs)"
+
+
+@pytest.mark.parametrize(
+    ("per_epoch", "patience", "patience_steps", "expected"),
+    [(69, 2, 400, 6), (5000, 2, 400, 2), (69, 8, 400, 8), (69, 2, 0, 2), (0, 2, 400, 400)],
+)
+def test_patience_waits_at_least_patience_steps(
+    per_epoch: int, patience: int, patience_steps: int, expected: int
+) -> None:
+    plan = schedule(TrainConfig(patience=patience, patience_steps=patience_steps), per_epoch)
+    assert plan.patience == expected
+    assert plan.patience_from.startswith("patience_steps") == (expected > patience)

@@ -1,0 +1,48 @@
+"""How long a run trains: the epoch cap and the early-stopping patience, from the config and the log's size.
+
+A fixed epoch count is the wrong unit across logs: ML-100K's time split has 69 steps per epoch at batch 1024 and the
+default tower sits on popularity's plateau for ~1,200 steps, so 10 epochs stop it before it learns; a 1M-video log
+has thousands of steps per epoch and 10 epochs are plenty. Planning in optimizer steps fits both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from recsys.config import TrainConfig
+
+MIN_AUTO_EPOCHS = 10
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The epochs a run may take and the epochs without improvement that stop it, with where they came from."""
+
+    epochs: int
+    patience: int
+    steps_per_epoch: int
+    epochs_from: str
+    patience_from: str
+
+
+def schedule(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
+    """The run's epoch cap (cfg.epochs, or enough for cfg.min_steps) and patience (in epochs, >= patience_steps)."""
+    per_epoch = max(1, steps_per_epoch)
+    if cfg.epochs is not None:
+        epochs, epochs_from = cfg.epochs, "set (train.epochs)"
+    else:
+        wanted = math.ceil(cfg.min_steps / per_epoch)
+        epochs = min(cfg.max_auto_epochs, max(MIN_AUTO_EPOCHS, wanted))
+        epochs_from = (
+            f"derived: min_steps {cfg.min_steps} / {per_epoch} steps per epoch = {wanted} epochs, "
+            f"kept within [{min(MIN_AUTO_EPOCHS, cfg.max_auto_epochs)}, {cfg.max_auto_epochs}]"
+        )
+    by_steps = math.ceil(cfg.patience_steps / per_epoch)
+    patience = max(cfg.patience, by_steps)
+    patience_from = (
+        f"patience_steps {cfg.patience_steps} / {per_epoch} steps per epoch"
+        if by_steps > cfg.patience
+        else "set (train.patience)"
+    )
+    return Schedule(epochs, patience, per_epoch, epochs_from, patience_from)
