@@ -120,7 +120,7 @@ class TrainConfig(_Section):
         4000,
         ge=1,
         description="optimizer steps that epochs=None plans for: a small log needs many epochs to leave "
-        "popularity's plateau (ML-100K's 69 steps per epoch: ~1,200 steps), a large one gets 10 epochs",
+        "popularity's plateau (ML-100K: ~1,100 steps at 68 per epoch), a large one gets 10 epochs",
     )
     max_auto_epochs: int = Field(100, ge=1, description="the most epochs epochs=None plans for")
     learning_rate: float = Field(0.3, gt=0, description="Adagrad step size (tuned on ML-100K and the demo log)")

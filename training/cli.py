@@ -87,7 +87,7 @@ def tune(
         list[str] | None,
         typer.Option(
             help="an axis FIELD=V1,V2,... of ModelConfig/TrainConfig fields (repeatable; default: "
-            "learning rate x0.5 / x1 / x2 and history pooling recency / mean)"
+            "learning rate x0.5 / x1 / x2 and the tower with its hidden layers / with none)"
         ),
     ] = None,
     set_: Annotated[

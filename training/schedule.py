@@ -1,7 +1,7 @@
 """How long a run trains: the epoch cap and the early-stopping patience, from the config and the log's size.
 
-A fixed epoch count is the wrong unit across logs: ML-100K's time split has 69 steps per epoch at batch 1024 and the
-default tower sits on popularity's plateau for ~1,200 steps, so 10 epochs stop it before it learns; a 1M-video log
+A fixed epoch count is the wrong unit across logs: ML-100K's time split has 68 steps per epoch at batch 1024 and the
+default tower sits on popularity's plateau for ~1,100 steps, so 10 epochs stop it before it learns; a 1M-video log
 has thousands of steps per epoch and 10 epochs are plenty. Planning in optimizer steps fits both.
 """
 

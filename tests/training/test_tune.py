@@ -37,8 +37,10 @@ def test_tune_keeps_the_best_validation_point_and_records_the_search(synthetic_e
 
 
 def test_default_axes_start_at_the_configured_point() -> None:
-    axes = default_axes(ModelConfig(history_pooling="mean"), TrainConfig(learning_rate=0.2))
-    assert axes == {"learning_rate": (0.2, 0.1, 0.4), "history_pooling": ("mean", "recency")}
+    axes = default_axes(ModelConfig(hidden=[64, 32]), TrainConfig(learning_rate=0.2))
+    assert axes == {"learning_rate": (0.2, 0.1, 0.4), "hidden": ([64, 32], [])}
+    linear = default_axes(ModelConfig(hidden=[]), TrainConfig(learning_rate=0.2))
+    assert linear["hidden"] == ([], ModelConfig().hidden)
 
 
 def _recsys(*args: str) -> subprocess.CompletedProcess[str]:
