@@ -17,6 +17,9 @@
    connections, closed loop, ``--warmup`` requests then ``--requests`` timed ones at each concurrency (1, 16).
    Every request is ``{"user_id": <seeded user>, "k": 100}``: history from the store, watched videos hidden.
    Every answer is checked: 200, k candidates, none of the user's watches, not degraded, from the tower.
+   Then an open loop at each ``--rates`` (default 100, 200 and 300 requests/s): Poisson arrivals that keep
+   their schedule however slow the answers, latency counted from the scheduled arrival: the latency at a given
+   load, which a closed loop cannot show (its mean latency is c / throughput by construction).
 5. With the server stopped: the same queries straight into serving.engine.Engine.recommend (one tower call and
    one FAISS search per batch, what the micro-batcher calls), at batch 16 (raw_qps) and batch 1.
 
@@ -66,6 +69,7 @@ EVENTS_PER_REQUEST = 1000  # ServeConfig.max_items
 TARGET_P99_MS_C16 = 25.0
 TARGET_RPS_C16 = 300.0
 TARGET_HTTP_OVER_RAW = 0.5
+OPEN_LOOP_CONNECTIONS = 64  # the open-loop pool: more than the requests ever outstanding at the rates measured
 # The catalogue follows benchmarks.index's clustered data (unit topic centres, noise of norm 0.6, bias of sd
 # 0.1), scaled by 3. export tunes nprobe on random mixtures of 1-8 embedding rows (there are no held-out users
 # here); at norm ~1 such a mixture's topical scores (~1/parts) are no larger than the bias spread, its true top-100
@@ -490,8 +494,8 @@ async def _scrape_batches(port: int) -> tuple[float, float]:
     return _metric(text, "recsys_batch_size_sum"), _metric(text, "recsys_batch_size_count")
 
 
-async def _level(plan: dict[str, Any], concurrency: int) -> dict[str, Any]:
-    """Warm-up, then the timed requests, over `concurrency` keep-alive connections (closed loop)."""
+def _encoded_requests(plan: dict[str, Any]) -> list[tuple[bytes, frozenset[str]]]:
+    """Every seeded user's candidates request as raw HTTP/1.1 bytes, with the videos it must not get back."""
     port, k = int(plan["port"]), int(plan["k"])
     host = f"127.0.0.1:{port}"
     requests: list[tuple[bytes, frozenset[str]]] = []
@@ -501,6 +505,77 @@ async def _level(plan: dict[str, Any], concurrency: int) -> dict[str, Any]:
         requests.append(
             ((head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body, frozenset(plan["histories"][user]))
         )
+    return requests
+
+
+async def _open_level(plan: dict[str, Any], rate: float) -> dict[str, Any]:
+    """Requests arriving at `rate` per second (Poisson, seeded) whatever the answers do (open loop).
+
+    A closed loop of c connections only ever has c requests outstanding, so its latency is c / throughput and a
+    slow server is never asked for more than it gives. Here arrivals keep their schedule: a request that finds
+    every pooled connection busy waits for one, and its latency runs from its scheduled arrival (no coordinated
+    omission). The first `warmup` arrivals are not timed.
+    """
+    port, k = int(plan["port"]), int(plan["k"])
+    requests = _encoded_requests(plan)
+    warmup, timed = int(plan["warmup"]), int(plan["requests"])
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(OPEN_LOOP_CONNECTIONS):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    loop = asyncio.get_running_loop()
+    gaps = np.random.default_rng(int(plan.get("seed", 0))).exponential(1.0 / rate, warmup + timed)
+    start = loop.time() + 0.1
+    due = start + np.cumsum(gaps)
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    samples: list[str] = []
+    done_at = [start]
+
+    async def arrival(i: int) -> None:
+        await asyncio.sleep(max(0.0, float(due[i]) - loop.time()))
+        data, watched = requests[i % len(requests)]
+        reader, writer = await pool.get()
+        try:
+            writer.write(data)
+            await writer.drain()
+            status, body = await _read_response(reader)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            problem: str | None = f"{type(exc).__name__}: {exc}"
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        else:
+            finished = loop.time()
+            if i >= warmup:
+                latencies.append(finished - float(due[i]))
+                done_at[0] = max(done_at[0], finished)
+            problem = _check(status, body, k, watched)
+        pool.put_nowait((reader, writer))
+        if problem is not None:
+            errors[problem.split(":")[0]] += 1
+            if len(samples) < 5:
+                samples.append(problem)
+
+    await asyncio.gather(*(arrival(i) for i in range(warmup + timed)))
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    first = float(due[warmup]) if timed else start
+    return {
+        "rate": rate,
+        "requests": timed,
+        "warmup": warmup,
+        "connections": OPEN_LOOP_CONNECTIONS,
+        "achieved_rps": round(timed / max(done_at[0] - first, 1e-9), 1),
+        "latencies_ms": [round(x * 1000, 4) for x in latencies],
+        "failures": sum(errors.values()),
+        "errors": dict(errors),
+        "error_samples": samples,
+    }
+
+
+async def _level(plan: dict[str, Any], concurrency: int) -> dict[str, Any]:
+    """Warm-up, then the timed requests, over `concurrency` keep-alive connections (closed loop)."""
+    port, k = int(plan["port"]), int(plan["k"])
+    requests = _encoded_requests(plan)
     conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(concurrency)]
     start = 0
 
@@ -585,6 +660,7 @@ def loadgen_main(plan_path: Path, out_path: Path) -> None:
     """The load generator process: every concurrency level of the plan in turn, results to out_path."""
     plan = json.loads(plan_path.read_text())
     results = [asyncio.run(_level(plan, int(c))) for c in plan["concurrency"]]
+    results += [asyncio.run(_open_level(plan, float(r))) for r in plan.get("rates", [])]
     out_path.write_text(json.dumps(results))
 
 
@@ -698,6 +774,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=3000, help="timed requests per concurrency level")
     p.add_argument("--warmup", type=int, default=300, help="untimed requests before each level")
     p.add_argument("--concurrency", default="1,16", help="comma-separated connection counts (16 is the target's)")
+    p.add_argument(
+        "--rates",
+        default="100,200,300",
+        help="comma-separated open-loop arrival rates, requests/s (Poisson; '' for none): latency at a given load",
+    )
     p.add_argument("--users", type=int, default=3000, help="seeded users the requests cycle through")
     p.add_argument("--history", type=int, default=20, help="watches seeded per user")
     p.add_argument("--store", choices=("redis", "memory"), default="redis", help="memory if redis-server is missing")
@@ -719,6 +800,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--concurrency: comma-separated integers")
     if not args.concurrency or min(args.concurrency) < 1:
         p.error("--concurrency: at least one level, each >= 1")
+    try:
+        args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    except ValueError:
+        p.error("--rates: comma-separated numbers")
+    if any(not (r > 0 and math.isfinite(r)) for r in args.rates):
+        p.error("--rates: each rate must be a positive number")
     return args
 
 
@@ -793,6 +880,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "warmup": args.warmup,
             "requests": args.requests,
             "concurrency": args.concurrency,
+            "rates": args.rates,
+            "seed": args.seed + 3,
             "order": order,
             "histories": histories,
             "server_pid": server.process.pid,
@@ -811,7 +900,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {}
     detail: dict[str, Any] = {}
     failures = 0
-    for level in levels:
+    for level in [lv for lv in levels if "concurrency" in lv]:
         c, lat = level["concurrency"], level.pop("latencies_ms")
         failures += level["failures"]
         result[f"rps_c{c}"] = round(level["requests"] / level["wall_s"], 1)
@@ -825,6 +914,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         others = level["machine_busy_cpu_s"] - sum(level["cpu_s"][name] for name in ours)
         level["other_processes_cpu_s"] = round(others, 3)
         detail[f"c{c}"] = level
+    for level in [lv for lv in levels if "rate" in lv]:
+        r, lat = level["rate"], level.pop("latencies_ms")
+        failures += level["failures"]
+        name = f"r{r:g}"
+        result[f"p50_ms_{name}"], result[f"p99_ms_{name}"] = _percentile(lat, 50), _percentile(lat, 99)
+        level |= {"p90_ms": _percentile(lat, 90), "p999_ms": _percentile(lat, 99.9), "max_ms": _percentile(lat, 100)}
+        detail[name] = level
     result["raw_qps"] = raw[f"b{RAW_BATCH}"]["qps"]
     result["raw_qps_b1"] = raw["b1"]["qps"]
     result["http_over_raw"] = round(result["rps_c16"] / result["raw_qps"], 3) if "rps_c16" in result else None
@@ -854,6 +950,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "requests": args.requests,
             "warmup": args.warmup,
             "concurrency": args.concurrency,
+            "rates": args.rates,
             "users": args.users,
             "history": args.history,
             "store": store,
@@ -865,7 +962,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bundle": SYNTHETIC,
             "model_version": manifest["model_version"],
             "bundle_reused": reused,
-            "loadgen": "separate process, asyncio streams, HTTP/1.1 keep-alive, closed loop, one connection each",
+            "loadgen": "separate process, asyncio streams, HTTP/1.1 keep-alive; concurrency levels: closed loop, one "
+            f"connection each; rates: open loop, Poisson arrivals over a pool of {OPEN_LOOP_CONNECTIONS} connections, "
+            "latency from the scheduled arrival",
         },
         "levels": detail,
         "raw": raw,
@@ -900,6 +999,8 @@ def report(result: dict[str, Any]) -> str:
         " redis loadgen   other jobs' CPU",
     ]
     for name, level in result["levels"].items():
+        if "rate" in level:
+            continue
         cpu = level["cpu_ms_per_request"]
         rps, p50, p99 = (result[f"{key}_{name}"] for key in ("rps", "p50_ms", "p99_ms"))
         lines.append(
@@ -911,6 +1012,13 @@ def report(result: dict[str, Any]) -> str:
         means = level.get("connection_mean_ms") or []
         if len(means) > 1:  # a worker holding more connections than another shows as a slower group here
             lines.append(f"{name:<6} mean latency per connection, ms: {', '.join(f'{m:.1f}' for m in means)}")
+    for name, level in result["levels"].items():
+        if "rate" in level:
+            lines.append(
+                f"open loop, {level['rate']:g} requests/s offered (Poisson, {level['connections']} pooled "
+                f"connections): {level['achieved_rps']:.1f} answered/s, p50 {result[f'p50_ms_{name}']:.2f} ms, "
+                f"p99 {result[f'p99_ms_{name}']:.2f} ms, p99.9 {level['p999_ms']:.2f} ms"
+            )
     for key in (f"b{RAW_BATCH}", "b1"):
         raw = result["raw"][key]
         lines.append(

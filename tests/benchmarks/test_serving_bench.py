@@ -18,6 +18,7 @@ from benchmarks.serving_load import (
     bundle_dir,
     cached_bundle,
     main,
+    parse_args,
     seed_histories,
 )
 
@@ -91,6 +92,10 @@ def test_serving_benchmark_end_to_end(tmp_path: Path, monkeypatch: pytest.Monkey
         assert 0 < level["p90_ms"] <= level["max_ms"]
         assert set(level["cpu_s"]) == {"server", "server_event_loop", "redis", "loadgen"}
     assert result["p50_ms_c16"] <= result["p99_ms_c16"]
+    # The open-loop levels (default --rates 100,200,300): every arrival answered right, latency from its schedule.
+    open_loop = result["levels"]["r300"]
+    assert open_loop["failures"] == 0 and open_loop["requests"] == 200 and open_loop["rate"] == 300
+    assert open_loop["achieved_rps"] > 0 and 0 < result["p50_ms_r300"] <= result["p99_ms_r300"] <= open_loop["max_ms"]
     assert result["raw"]["b16"]["queries"] == 192 and result["raw"]["b1"]["queries"] == 200
     assert result["raw_fewer_than_k"] == 0
     stats = result["raw"]["user_vectors"]
@@ -115,3 +120,13 @@ def test_serving_benchmark_end_to_end(tmp_path: Path, monkeypatch: pytest.Monkey
     # The bundle is cached by size and settings: found again for the same ones, not for another seed.
     assert cached_bundle(bundle_dir(work.resolve(), 5000, 32), 5000, 32, 0) is not None
     assert cached_bundle(bundle_dir(work.resolve(), 5000, 32), 5000, 32, 1) is None
+
+
+def test_rates_parse_to_numbers_and_refuse_nonsense() -> None:
+    base = ["--json", "x.json"]
+    assert parse_args(base).rates == [100.0, 200.0, 300.0]
+    assert parse_args([*base, "--rates", ""]).rates == []
+    assert parse_args([*base, "--rates", "100,250.5"]).rates == [100.0, 250.5]
+    for bad in ("0", "-5", "fast", "nan"):
+        with pytest.raises(SystemExit):
+            parse_args([*base, "--rates", bad])
