@@ -282,6 +282,7 @@ def test_early_stopping_waits_until_the_model_rises_above_popularity(synthetic_e
     # validation recall: without the popularity rule patience 1 stops it after the second epoch.
     cfg = _train_cfg(loss="loguniform", learning_rate=1e-9, epochs=3, patience=1, stop_margin_over_popularity=margin)
     report = train(synthetic_examples, tmp_path / "run", SMALL, cfg, progress=False)
+    assert (report["schedule"]["epochs"], report["schedule"]["patience"]) == (3, 1)  # as set: nothing derived
     popularity = report["validation_popularity"]["recall@100"]
     assert all(e["recall@100"] < popularity for e in report["epochs"])
     if margin is None:
@@ -290,3 +291,12 @@ def test_early_stopping_waits_until_the_model_rises_above_popularity(synthetic_e
     else:
         assert not report["stopped_early"] and report["epochs_run"] == 3
         assert report["early_stopping_armed_epoch"] is None
+
+
+def test_an_unset_epoch_cap_is_planned_from_the_log(synthetic_examples, tmp_path):
+    # epochs=None: the cap comes from min_steps and the log's steps per epoch, bounded by max_auto_epochs.
+    cfg = _train_cfg(loss="loguniform", epochs=None, min_steps=10**6, max_auto_epochs=2)
+    report = train(synthetic_examples, tmp_path / "run", SMALL, cfg, progress=False)
+    plan = report["schedule"]
+    assert plan["epochs"] == 2 and plan["epochs_from"].startswith("derived")
+    assert report["epochs_run"] == 2 and report["steps"] == 2 * plan["steps_per_epoch"]
