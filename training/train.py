@@ -382,7 +382,7 @@ def train(
                 _export_embeddings(trainer, out)
             elif state.armed_epoch is not None:
                 state.bad_epochs += 1
-                state.stopped_early = state.bad_epochs >= plan.patience
+                state.stopped_early = state.bad_epochs >= plan.patience and state.step >= plan.stop_after_step
             state.epoch += 1
             state.batch_in_epoch = 0
             checkpoint()

@@ -17,12 +17,14 @@ def test_a_small_log_gets_enough_epochs_for_min_steps_and_a_large_one_the_floor(
     assert large.epochs == MIN_AUTO_EPOCHS
     tiny = schedule(cfg, steps_per_epoch=1)
     assert tiny.epochs == 100  # bounded: every epoch also pays a validation pass
+    assert small.stop_after_step == large.stop_after_step == 4000  # early stopping waits for the planned steps
 
 
 def test_a_set_epoch_cap_is_kept_whatever_the_log() -> None:
     cfg = TrainConfig(epochs=3)
     assert schedule(cfg, 69).epochs == schedule(cfg, 50_000).epochs == 3
     assert schedule(cfg, 69).epochs_from == "set (train.epochs)"
+    assert schedule(cfg, 69).stop_after_step == 0  # a set cap: early stopping as configured
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from recsys.config import ModelConfig, TrainConfig
 from recsys.errors import InputError
-from training.data import ExampleSet, iterate_batches, pad_lists
+from training.data import ExampleSet, batches_per_epoch, iterate_batches, pad_lists
 from training.evaluate import evaluate_run
 from training.train import FEATURE_NAMES, RUN_EMBEDDINGS_FILE, Trainer, train
 
@@ -300,3 +300,21 @@ def test_an_unset_epoch_cap_is_planned_from_the_log(synthetic_examples, tmp_path
     plan = report["schedule"]
     assert plan["epochs"] == 2 and plan["epochs_from"].startswith("derived")
     assert report["epochs_run"] == 2 and report["steps"] == 2 * plan["steps_per_epoch"]
+
+
+def test_a_planned_run_is_not_stopped_before_its_planned_steps(synthetic_examples, tmp_path):
+    # A flat validation curve (a step size that learns nothing) with patience 1 stops a set-cap run after epoch 2
+    # (test_early_stopping_...); a planned run waits for min_steps (here 3 epochs' worth) before it may stop.
+    per_epoch = batches_per_epoch(ExampleSet.open(synthetic_examples).count("train"), 64)
+    cfg = _train_cfg(
+        loss="loguniform",
+        learning_rate=1e-9,
+        epochs=None,
+        min_steps=3 * per_epoch,
+        max_auto_epochs=4,
+        patience=1,
+        stop_margin_over_popularity=None,
+    )
+    report = train(synthetic_examples, tmp_path / "run", SMALL, cfg, progress=False)
+    assert report["schedule"]["epochs"] == 4 and report["schedule"]["stop_after_step"] == 3 * per_epoch
+    assert report["stopped_early"] and report["epochs_run"] == 3
