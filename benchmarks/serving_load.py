@@ -494,6 +494,24 @@ async def _scrape_batches(port: int) -> tuple[float, float]:
     return _metric(text, "recsys_batch_size_sum"), _metric(text, "recsys_batch_size_count")
 
 
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _exchange(
+    conn: Connection, data: bytes, port: int
+) -> tuple[Connection, tuple[int, bytes] | None, str | None]:
+    """One request on a keep-alive connection: (the connection to use next, (status, body), None), or, when the
+    connection broke, (a fresh connection, None, what went wrong)."""
+    reader, writer = conn
+    try:
+        writer.write(data)
+        await writer.drain()
+        return conn, await _read_response(reader), None
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+        writer.close()
+        return await asyncio.open_connection("127.0.0.1", port), None, f"{type(exc).__name__}: {exc}"
+
+
 def _encoded_requests(plan: dict[str, Any]) -> list[tuple[bytes, frozenset[str]]]:
     """Every seeded user's candidates request as raw HTTP/1.1 bytes, with the videos it must not get back."""
     port, k = int(plan["port"]), int(plan["k"])
@@ -519,7 +537,7 @@ async def _open_level(plan: dict[str, Any], rate: float) -> dict[str, Any]:
     port, k = int(plan["port"]), int(plan["k"])
     requests = _encoded_requests(plan)
     warmup, timed = int(plan["warmup"]), int(plan["requests"])
-    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    pool: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(OPEN_LOOP_CONNECTIONS):
         pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
     loop = asyncio.get_running_loop()
@@ -534,22 +552,14 @@ async def _open_level(plan: dict[str, Any], rate: float) -> dict[str, Any]:
     async def arrival(i: int) -> None:
         await asyncio.sleep(max(0.0, float(due[i]) - loop.time()))
         data, watched = requests[i % len(requests)]
-        reader, writer = await pool.get()
-        try:
-            writer.write(data)
-            await writer.drain()
-            status, body = await _read_response(reader)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-            problem: str | None = f"{type(exc).__name__}: {exc}"
-            writer.close()
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        else:
+        conn, answer, problem = await _exchange(await pool.get(), data, port)
+        if answer is not None:
             finished = loop.time()
             if i >= warmup:
                 latencies.append(finished - float(due[i]))
                 done_at[0] = max(done_at[0], finished)
-            problem = _check(status, body, k, watched)
-        pool.put_nowait((reader, writer))
+            problem = _check(*answer, k, watched)
+        pool.put_nowait(conn)
         if problem is not None:
             errors[problem.split(":")[0]] += 1
             if len(samples) < 5:
@@ -595,20 +605,12 @@ async def _level(plan: dict[str, Any], concurrency: int) -> dict[str, Any]:
                 i = next_i
                 next_i += 1
                 data, watched = requests[(offset + i) % len(requests)]
-                reader, writer = conns[c]
                 t0 = time.perf_counter()
-                try:
-                    writer.write(data)
-                    await writer.drain()
-                    status, body = await _read_response(reader)
-                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-                    problem: str | None = f"{type(exc).__name__}: {exc}"
-                    writer.close()
-                    conns[c] = await asyncio.open_connection("127.0.0.1", port)
-                else:
+                conns[c], answer, problem = await _exchange(conns[c], data, port)
+                if answer is not None:
                     latencies.append(time.perf_counter() - t0)
                     per_conn[c].append(latencies[-1])
-                    problem = _check(status, body, k, watched)
+                    problem = _check(*answer, k, watched)
                 if problem is not None:
                     errors[problem.split(":")[0]] += 1
                     if len(samples) < 5:
