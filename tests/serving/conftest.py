@@ -29,15 +29,6 @@ ADMIN_TOKEN = "test-admin-token-" + secrets.token_hex(8)
 SMALL = ModelConfig(hidden=[64], embedding_dim=32, video_input_dim=32, token_input_dim=8, category_dim=4)
 
 
-def process_alive(pid: int) -> bool:
-    """Whether the process still runs (not gone, not a zombie waiting for its parent)."""
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
 def free_port() -> int:
     """A TCP port nobody listens on now."""
     with socket.socket() as sock:

@@ -17,15 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving.models import CandidatesResponse, SimilarResponse
-from tests.serving.conftest import (
-    Api,
-    RedisServer,
-    Trained,
-    process_alive,
-    running_redis,
-    start_api,
-    stop_api,
-)
+from tests.serving.conftest import Api, RedisServer, Trained, running_redis, start_api, stop_api
 
 pytestmark = pytest.mark.slow
 
@@ -250,6 +242,15 @@ def _wait_for_workers(parent: int, count: int, exclude: frozenset[int] = frozens
         time.sleep(0.5)
 
 
+def _alive(pid: int) -> bool:
+    """Whether the process still runs (not gone, not a zombie waiting for its parent)."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def _connections_per_process(pids: list[int], port: int) -> dict[int, int]:
     """Established TCP connections on the server's port held open by each process (from /proc)."""
     inodes: set[str] = set()
@@ -298,7 +299,7 @@ def test_workers_share_the_bundle_and_the_connections(
 
         killed = workers[0]
         subprocess.run(["kill", "-9", str(killed)], check=True)
-        while process_alive(killed):  # its sockets close when it exits (a connection made before that is reset)
+        while _alive(killed):  # its sockets close when it exits (a connection made before that is reset)
             time.sleep(0.05)
         for _ in range(10):  # the surviving worker answers meanwhile: new connections go to a live socket
             answer = _candidates(server, k=10)
