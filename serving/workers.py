@@ -102,12 +102,14 @@ def _receive(
             message, fds, _, _ = socket.recv_fds(channel, 64, 64)
         except BlockingIOError:
             return
-        except OSError:
+        except OSError as exc:
+            log.error("the channel from the supervisor failed (%s); stopping this worker", exc)
             message, fds = b"", []
         for fd in fds:
             sock = socket.socket(fileno=fd)
             loop.create_task(loop.connect_accepted_socket(protocol, sock))
         if not message:
+            log.warning("the supervisor closed this worker's channel; stopping")
             loop.remove_reader(channel.fileno())
             server.should_exit = True  # nobody left to hand out connections: drain and exit
             return

@@ -297,7 +297,7 @@ def test_workers_share_the_bundle_and_the_connections(
         per_worker = _connections_per_process(workers, port)
         assert sorted(per_worker.values()) == [8, 8], f"connections not dealt evenly: {per_worker}"
 
-        killed = workers[0]
+        killed, survivor = workers
         subprocess.run(["kill", "-9", str(killed)], check=True)
         while _alive(killed):  # its sockets close when it exits (a connection made before that is reset)
             time.sleep(0.05)
@@ -305,7 +305,11 @@ def test_workers_share_the_bundle_and_the_connections(
             answer = _candidates(server, k=10)
             assert len(answer.candidates) == 10
         replaced = _wait_for_workers(server.process.pid, 2, exclude=frozenset({killed}))
-        assert killed not in replaced and len(replaced) == 2, f"the killed worker was not replaced: {replaced}"
+        log_tail = server.log.read_text()[-3000:]
+        assert survivor in replaced, f"the surviving worker {survivor} stopped: {replaced}\n{log_tail}"
+        assert killed not in replaced and len(replaced) == 2, (
+            f"the killed worker was not replaced: {replaced}\n{log_tail}"
+        )
     finally:
         for client in clients:
             client.close()
