@@ -399,7 +399,7 @@ def train(
         )
     report = _report(trainer, state, data, popularity, timings, plan, out)
     publish_json(out / REPORT_FILE, report)
-    _plots(state, out)
+    _plots(state, out, popularity, cfg.eval_exclude_history)
     return report
 
 
@@ -458,8 +458,8 @@ def _report(
     }
 
 
-def _plots(state: TrainState, out: Path) -> None:
-    """Loss and validation recall curves as PNG."""
+def _plots(state: TrainState, out: Path, popularity: dict[str, float], exclude_history: bool) -> None:
+    """Loss and validation recall curves as PNG, with popularity's recall@100 as the level to beat."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -477,7 +477,10 @@ def _plots(state: TrainState, out: Path) -> None:
             marker="o",
             label=f"recall@{k}",
         )
-    axes[1].set(title="validation recall (full catalogue)", xlabel="epoch", ylabel="recall")
+    if "recall@100" in popularity:
+        axes[1].axhline(popularity["recall@100"], color="grey", linestyle="--", label="popularity recall@100")
+    scored = "watched videos hidden" if exclude_history else "full catalogue"
+    axes[1].set(title=f"validation recall ({scored})", xlabel="epoch", ylabel="recall")
     axes[1].legend()
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=100)
