@@ -245,7 +245,13 @@ class ServeConfig(_Section):
     breaker_failures: int = Field(3, ge=1, description="consecutive Redis failures that open the circuit")
     breaker_reset_seconds: float = Field(2.0, gt=0, description="how long an open circuit skips Redis")
     allow_degraded: bool = Field(True, description="ready and answering (degraded) while Redis is unreachable")
-    history_cap: int = Field(50, ge=1, le=10_000, description="watches and search tokens kept per user in Redis")
+    history_cap: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="watches and search tokens kept per user in Redis (unset: as many as the serving bundle's tower "
+        "reads, its max_history and max_search_tokens, so a bundle trained on longer histories gets them served)",
+    )
     history_ttl_seconds: int = Field(30 * 86_400, ge=1, description="a user's history expires after this idle time")
     key_prefix: str = Field("recsys", min_length=1, max_length=64)
     max_batch: int = Field(64, ge=1, le=4096, description="requests micro-batched into one tower call and search")

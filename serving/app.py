@@ -26,7 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 import serving.metrics as metrics
 from recsys.bundle import resolve_bundle
-from recsys.config import ServeConfig, load_settings
+from recsys.config import PipelineConfig, ServeConfig, load_settings
 from recsys.errors import RecsysError
 from recsys.features import query_tokens, tokenize
 from recsys.logs import configure_from_env
@@ -134,6 +134,7 @@ class Service:
                 metrics.RELOADS.labels("refused").inc()
                 raise
             self.engine = engine  # the swap: batches that already started finish on the previous engine
+            self.store.cap = history_cap(self.config, engine)
             # TensorFlow, the web stack and the bundle leave ~400k long-lived objects; a full collection walks them
             # all with the GIL held (0.3-0.4 s at 1M videos), every few seconds under load. Collect once now and
             # move the survivors out of the collector's sight (unfrozen first so a replaced engine can be freed).
@@ -174,11 +175,25 @@ class Service:
         return found, False
 
 
+# The cap before the first bundle is loaded (events may arrive while it loads): the pipeline's default history.
+DEFAULT_HISTORY_CAP = PipelineConfig().max_history
+
+
+def history_cap(config: ServeConfig, engine: Engine) -> int:
+    """Entries kept per user list: the configured cap, else as many as the engine's tower reads (no skew with the
+    histories it was trained on, and no stored entries it would never read)."""
+    if config.history_cap is not None:
+        return config.history_cap
+    recommender = engine.recommender
+    return max(recommender.max_history, recommender.max_search_tokens)
+
+
 def make_store(config: ServeConfig) -> HistoryStore:
-    """The configured history store."""
+    """The configured history store (its cap follows the bundle once one is loaded; see ``history_cap``)."""
+    cap = config.history_cap or DEFAULT_HISTORY_CAP
     if config.store == "memory":
         log.warning("history store: in-process memory (one worker only, lost on restart)")
-        return MemoryStore(cap=config.history_cap)
+        return MemoryStore(cap=cap)
     from serving.history import CircuitBreaker
 
     password = config.redis_password.get_secret_value() if config.redis_password else None
@@ -186,7 +201,7 @@ def make_store(config: ServeConfig) -> HistoryStore:
         config.redis_url,
         password=password,
         prefix=config.key_prefix,
-        cap=config.history_cap,
+        cap=cap,
         ttl_seconds=config.history_ttl_seconds,
         timeout_seconds=config.redis_timeout_ms / 1000,
         breaker=CircuitBreaker(config.breaker_failures, config.breaker_reset_seconds),

@@ -46,6 +46,7 @@ class HistoryStore(Protocol):
     """What the service needs from a history store."""
 
     kind: str
+    cap: int  # entries kept per list; the service sets it to what the serving bundle's tower reads
 
     async def read(self, user_id: str) -> History:
         """The user's history (empty for an unknown user); StoreUnavailable when it cannot be read."""
