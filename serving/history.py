@@ -170,13 +170,13 @@ class RedisStore:
         return result
 
     async def read(self, user_id: str) -> History:
-        """LRANGE both lists in one pipeline."""
+        """LRANGE the newest ``cap`` entries of both lists in one pipeline (a reload may have lowered the cap)."""
         watch_key, search_key = self._keys(user_id)
 
         async def call() -> list[list[str]]:
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.lrange(watch_key, 0, -1)
-                pipe.lrange(search_key, 0, -1)
+                pipe.lrange(watch_key, -self.cap, -1)
+                pipe.lrange(search_key, -self.cap, -1)
                 return list(await pipe.execute())
 
         watches, tokens = await self._guarded(call)
@@ -221,9 +221,9 @@ class MemoryStore:
         self._users: OrderedDict[str, History] = OrderedDict()
 
     async def read(self, user_id: str) -> History:
-        """The stored lists (copies)."""
+        """The newest ``cap`` entries of the stored lists (copies)."""
         found = self._users.get(user_id, EMPTY)
-        return History(list(found.watches), list(found.tokens))
+        return History(found.watches[-self.cap :], found.tokens[-self.cap :])
 
     async def append(self, writes: Writes) -> None:
         """Append and cap, evicting the least recently written users past max_users."""

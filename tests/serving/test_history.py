@@ -39,6 +39,8 @@ def test_memory_store_caps_each_list() -> None:
         assert found.watches == ["v2", "v3", "v4"] and found.tokens == ["t2", "t3", "t4"]
         await store.append({"c": (["y"], [])})  # evicts b, the least recently written
         assert (await store.read("b")).watches == []
+        store.cap = 2  # a reload to a bundle that reads fewer: reads return the newest that many at once
+        assert (await store.read("a")).watches == ["v3", "v4"]
 
     asyncio.run(main())
 
@@ -51,6 +53,8 @@ def test_redis_store_caps_expires_and_fails_fast_when_down(redis_server: RedisSe
         found = await store.read("u1")
         assert found.watches == ["v2", "v3", "v4", "v5"] and found.tokens == ["a", "b"]
         assert (await store.read("nobody")).watches == []
+        store.cap = 2  # a reload to a bundle that reads fewer: reads return the newest that many at once
+        assert (await store.read("u1")).watches == ["v4", "v5"]
         ttl = await store.client.ttl("t:w:u1")
         assert 0 < ttl <= 100
         assert await store.ping()
