@@ -179,18 +179,20 @@ class Service:
 DEFAULT_HISTORY_CAP = PipelineConfig().max_history
 
 
-def history_cap(config: ServeConfig, engine: Engine) -> int:
+def history_cap(config: ServeConfig, engine: Engine | None) -> int:
     """Entries kept per user list: the configured cap, else as many as the engine's tower reads (no skew with the
-    histories it was trained on, and no stored entries it would never read)."""
+    histories it was trained on, and no stored entries it would never read), else the pipeline's default."""
     if config.history_cap is not None:
         return config.history_cap
+    if engine is None:
+        return DEFAULT_HISTORY_CAP
     recommender = engine.recommender
     return max(recommender.max_history, recommender.max_search_tokens)
 
 
 def make_store(config: ServeConfig) -> HistoryStore:
     """The configured history store (its cap follows the bundle once one is loaded; see ``history_cap``)."""
-    cap = config.history_cap or DEFAULT_HISTORY_CAP
+    cap = history_cap(config, None)
     if config.store == "memory":
         log.warning("history store: in-process memory (one worker only, lost on restart)")
         return MemoryStore(cap=cap)

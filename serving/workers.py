@@ -103,13 +103,14 @@ def _receive(
         except BlockingIOError:
             return
         except OSError as exc:
-            log.error("the channel from the supervisor failed (%s); stopping this worker", exc)
-            message, fds = b"", []
+            message, fds, why = b"", [], f"the channel from the supervisor failed ({exc})"
+        else:
+            why = "the supervisor closed this worker's channel"
         for fd in fds:
             sock = socket.socket(fileno=fd)
             loop.create_task(loop.connect_accepted_socket(protocol, sock))
         if not message:
-            log.warning("the supervisor closed this worker's channel; stopping")
+            log.warning("%s; stopping", why)
             loop.remove_reader(channel.fileno())
             server.should_exit = True  # nobody left to hand out connections: drain and exit
             return
