@@ -26,7 +26,7 @@
 The load generator shares the machine with the server, as the targets assume (2-core box). CPU seconds of the
 server, Redis and the load generator, and the machine's total busy time, are recorded for every timed phase so
 the share taken by other jobs on a shared box shows (``other jobs' CPU`` in the report). ``--py-spy FILE``
-records the server's Python stacks during the load (py-spy installed separately). Exit status 1 when any
+records the Python stacks of the server and its worker processes during the load (py-spy installed separately). Exit status 1 when any
 request failed.
 """
 
@@ -686,7 +686,7 @@ def profiled(pid: int, out: Path | None) -> Iterator[None]:
     binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     out.parent.mkdir(parents=True, exist_ok=True)
     command = [binary, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--output", str(out),
-               "--threads", "--nonblocking"]  # fmt: skip
+               "--threads", "--nonblocking", "--subprocesses"]  # fmt: skip
     spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)
     try:

@@ -249,8 +249,9 @@ class ServeConfig(_Section):
         None,
         ge=1,
         le=10_000,
-        description="watches and search tokens kept per user in Redis (unset: as many as the serving bundle's tower "
-        "reads, its max_history and max_search_tokens, so a bundle trained on longer histories gets them served)",
+        description="watches and search tokens kept per user in Redis (unset: as many of each as the serving bundle's "
+        "tower reads, its max_history watches and max_search_tokens tokens, so a bundle trained on longer histories "
+        "gets them served and the service hides the watches offline evaluation hides)",
     )
     history_ttl_seconds: int = Field(30 * 86_400, ge=1, description="a user's history expires after this idle time")
     key_prefix: str = Field("recsys", min_length=1, max_length=64)

@@ -134,7 +134,7 @@ class Service:
                 metrics.RELOADS.labels("refused").inc()
                 raise
             self.engine = engine  # the swap: batches that already started finish on the previous engine
-            self.store.cap = history_cap(self.config, engine)
+            self.store.cap, self.store.token_cap = history_caps(self.config, engine)
             # TensorFlow, the web stack and the bundle leave ~400k long-lived objects; a full collection walks them
             # all with the GIL held (0.3-0.4 s at 1M videos), every few seconds under load. Collect once now and
             # move the survivors out of the collector's sight (unfrozen first so a replaced engine can be freed).
@@ -175,27 +175,27 @@ class Service:
         return found, False
 
 
-# The cap before the first bundle is loaded (events may arrive while it loads): the pipeline's default history.
-DEFAULT_HISTORY_CAP = PipelineConfig().max_history
+# The caps before the first bundle is loaded (events may arrive while it loads): the pipeline's defaults.
+DEFAULT_HISTORY_CAPS = (PipelineConfig().max_history, PipelineConfig().max_search_tokens)
 
 
-def history_cap(config: ServeConfig, engine: Engine | None) -> int:
-    """Entries kept per user list: the configured cap, else as many as the engine's tower reads (no skew with the
-    histories it was trained on, and no stored entries it would never read), else the pipeline's default."""
+def history_caps(config: ServeConfig, engine: Engine | None) -> tuple[int, int]:
+    """(watches, search tokens) kept per user: the configured cap for both, else as many of each as the engine's
+    tower reads (the history hidden from a user's candidates is then the one offline evaluation hides, and nothing
+    is stored that the tower would never read), else the pipeline's defaults."""
     if config.history_cap is not None:
-        return config.history_cap
+        return config.history_cap, config.history_cap
     if engine is None:
-        return DEFAULT_HISTORY_CAP
-    recommender = engine.recommender
-    return max(recommender.max_history, recommender.max_search_tokens)
+        return DEFAULT_HISTORY_CAPS
+    return engine.recommender.max_history, engine.recommender.max_search_tokens
 
 
 def make_store(config: ServeConfig) -> HistoryStore:
-    """The configured history store (its cap follows the bundle once one is loaded; see ``history_cap``)."""
-    cap = history_cap(config, None)
+    """The configured history store (its caps follow the bundle once one is loaded; see ``history_caps``)."""
+    cap, token_cap = history_caps(config, None)
     if config.store == "memory":
         log.warning("history store: in-process memory (one worker only, lost on restart)")
-        return MemoryStore(cap=cap)
+        return MemoryStore(cap=cap, token_cap=token_cap)
     from serving.history import CircuitBreaker
 
     password = config.redis_password.get_secret_value() if config.redis_password else None
@@ -204,6 +204,7 @@ def make_store(config: ServeConfig) -> HistoryStore:
         password=password,
         prefix=config.key_prefix,
         cap=cap,
+        token_cap=token_cap,
         ttl_seconds=config.history_ttl_seconds,
         timeout_seconds=config.redis_timeout_ms / 1000,
         breaker=CircuitBreaker(config.breaker_failures, config.breaker_reset_seconds),

@@ -1,8 +1,8 @@
 """Per-user watch and search history: capped Redis lists behind a circuit breaker, or an in-process store.
 
 Keys: ``{prefix}:w:{user_id}`` (video ids) and ``{prefix}:s:{user_id}`` (search tokens), oldest first, trimmed to
-the newest ``cap`` entries and expiring after ``ttl`` seconds without a write. One pipeline per request, both for
-reads and for writes.
+the newest ``cap`` watches and ``token_cap`` tokens, and expiring after ``ttl`` seconds without a write. One
+pipeline per request, both for reads and for writes.
 
 A store call either succeeds within its timeout or raises ``StoreUnavailable``; the circuit breaker turns a run of
 failures into immediate ``StoreUnavailable`` for a short while, so a dead Redis costs requests nothing, and lets
@@ -46,7 +46,8 @@ class HistoryStore(Protocol):
     """What the service needs from a history store."""
 
     kind: str
-    cap: int  # entries kept per list; the service sets it to what the serving bundle's tower reads
+    cap: int  # watches kept per user; the service sets it to what the serving bundle's tower reads
+    token_cap: int  # search tokens kept per user, likewise
 
     async def read(self, user_id: str) -> History:
         """The user's history (empty for an unknown user); StoreUnavailable when it cannot be read."""
@@ -130,14 +131,16 @@ class RedisStore:
         password: str | None = None,
         prefix: str = "recsys",
         cap: int = 50,
+        token_cap: int | None = None,
         ttl_seconds: int = 30 * 86_400,
         timeout_seconds: float = 0.05,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        """A client for `url` (no connection is made until the first call)."""
+        """A client for `url` (no connection is made until the first call); token_cap defaults to cap."""
         import redis.asyncio as aioredis
 
         self.prefix, self.cap, self.ttl = prefix, cap, ttl_seconds
+        self.token_cap = cap if token_cap is None else token_cap
         self.timeout = timeout_seconds
         self.breaker = breaker or CircuitBreaker(3, 2.0)
         self.client = aioredis.Redis.from_url(
@@ -170,28 +173,29 @@ class RedisStore:
         return result
 
     async def read(self, user_id: str) -> History:
-        """LRANGE the newest ``cap`` entries of both lists in one pipeline (a reload may have lowered the cap)."""
+        """LRANGE the newest ``cap`` watches and ``token_cap`` tokens in one pipeline (a reload may lower them)."""
         watch_key, search_key = self._keys(user_id)
 
         async def call() -> list[list[str]]:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.lrange(watch_key, -self.cap, -1)
-                pipe.lrange(search_key, -self.cap, -1)
+                pipe.lrange(search_key, -self.token_cap, -1)
                 return list(await pipe.execute())
 
         watches, tokens = await self._guarded(call)
         return History(watches, tokens)
 
     async def append(self, writes: Writes) -> None:
-        """RPUSH, LTRIM to the cap and EXPIRE for every touched list, in one pipeline (one transaction)."""
+        """RPUSH, LTRIM to its cap and EXPIRE for every touched list, in one pipeline (one transaction)."""
 
         async def call() -> None:
             async with self.client.pipeline(transaction=True) as pipe:
                 for user_id, (watches, tokens) in writes.items():
-                    for key, values in zip(self._keys(user_id), (watches, tokens), strict=True):
+                    caps = (self.cap, self.token_cap)
+                    for key, values, cap in zip(self._keys(user_id), (watches, tokens), caps, strict=True):
                         if values:
-                            pipe.rpush(key, *values[-self.cap :])
-                            pipe.ltrim(key, -self.cap, -1)
+                            pipe.rpush(key, *values[-cap:])
+                            pipe.ltrim(key, -cap, -1)
                             pipe.expire(key, self.ttl)
                 await pipe.execute()
 
@@ -215,21 +219,24 @@ class MemoryStore:
 
     kind = "memory"
 
-    def __init__(self, cap: int = 50, max_users: int = 100_000) -> None:
+    def __init__(self, cap: int = 50, max_users: int = 100_000, token_cap: int | None = None) -> None:
         """An empty store keeping at most `max_users` users (least recently written dropped first)."""
         self.cap, self.max_users = cap, max_users
+        self.token_cap = cap if token_cap is None else token_cap
         self._users: OrderedDict[str, History] = OrderedDict()
 
     async def read(self, user_id: str) -> History:
-        """The newest ``cap`` entries of the stored lists (copies)."""
+        """The newest ``cap`` watches and ``token_cap`` tokens (copies)."""
         found = self._users.get(user_id, EMPTY)
-        return History(found.watches[-self.cap :], found.tokens[-self.cap :])
+        return History(found.watches[-self.cap :], found.tokens[-self.token_cap :])
 
     async def append(self, writes: Writes) -> None:
         """Append and cap, evicting the least recently written users past max_users."""
         for user_id, (watches, tokens) in writes.items():
             old = self._users.pop(user_id, EMPTY)
-            self._users[user_id] = History((old.watches + watches)[-self.cap :], (old.tokens + tokens)[-self.cap :])
+            self._users[user_id] = History(
+                (old.watches + watches)[-self.cap :], (old.tokens + tokens)[-self.token_cap :]
+            )
         while len(self._users) > self.max_users:
             self._users.popitem(last=False)
 

@@ -41,17 +41,25 @@ def test_memory_store_caps_each_list() -> None:
         assert (await store.read("b")).watches == []
         store.cap = 2  # a reload to a bundle that reads fewer: reads return the newest that many at once
         assert (await store.read("a")).watches == ["v3", "v4"]
+        store.token_cap = 1  # the token list has its own cap
+        found = await store.read("a")
+        assert found.watches == ["v3", "v4"] and found.tokens == ["t4"]
+        await store.append({"a": (["v5"], ["t5", "t6"])})
+        assert (await store.read("a")).tokens == ["t6"]
 
     asyncio.run(main())
 
 
 def test_redis_store_caps_expires_and_fails_fast_when_down(redis_server: RedisServer) -> None:
-    store = RedisStore(redis_server.url, password=redis_server.password, cap=4, ttl_seconds=100, prefix="t")
+    store = RedisStore(
+        redis_server.url, password=redis_server.password, cap=4, token_cap=3, ttl_seconds=100, prefix="t"
+    )
 
     async def main() -> None:
-        await store.append({"u1": ([f"v{i}" for i in range(6)], ["a", "b"]), "u2": (["w"], [])})
+        await store.append({"u1": ([f"v{i}" for i in range(6)], ["a", "b", "c", "d", "e"]), "u2": (["w"], [])})
         found = await store.read("u1")
-        assert found.watches == ["v2", "v3", "v4", "v5"] and found.tokens == ["a", "b"]
+        assert found.watches == ["v2", "v3", "v4", "v5"] and found.tokens == ["c", "d", "e"]
+        assert await store.client.llen("t:s:u1") == 3, "each list is trimmed to its own cap in Redis"
         assert (await store.read("nobody")).watches == []
         store.cap = 2  # a reload to a bundle that reads fewer: reads return the newest that many at once
         assert (await store.read("u1")).watches == ["v4", "v5"]
