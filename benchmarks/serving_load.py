@@ -26,8 +26,8 @@
 The load generator shares the machine with the server, as the targets assume (2-core box). CPU seconds of the
 server, Redis and the load generator, and the machine's total busy time, are recorded for every timed phase so
 the share taken by other jobs on a shared box shows (``other jobs' CPU`` in the report). ``--py-spy FILE``
-records the Python stacks of the server and its worker processes during the load (py-spy installed separately). Exit status 1 when any
-request failed.
+records the Python stacks of the server and its worker processes during the load (py-spy installed separately).
+Exit status 1 when any request failed.
 """
 
 from __future__ import annotations
