@@ -75,7 +75,8 @@ def test_serving_benchmark_end_to_end(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("RECSYS_SERVE__REDIS_TIMEOUT_MS", "2000")
     out, work = tmp_path / "serving.json", tmp_path / "work"
     argv = ["--videos", "5000", "--dim", "32", "--requests", "200", "--warmup", "20", "--users", "100",
-            "--history", "10", "--workers", "1", "--workdir", str(work), "--json", str(out)]  # fmt: skip
+            "--history", "10", "--workers", "1", "--repeats", "2",
+            "--workdir", str(work), "--json", str(out)]  # fmt: skip
     status = main(argv)
     result = json.loads(out.read_text())
     assert status == 0, {name: level["error_samples"] for name, level in result["levels"].items()}
@@ -87,10 +88,16 @@ def test_serving_benchmark_end_to_end(tmp_path: Path, monkeypatch: pytest.Monkey
     for name in ("c1", "c16"):
         level = result["levels"][name]
         assert level["failures"] == 0 and level["errors"] == {}
-        assert level["requests"] == 200 and level["wall_s"] > 0
+        assert level["requests"] == 2 * 200 and level["wall_s"] > 0, "two runs, pooled"
         assert level["batches"] >= 1 and level["mean_batch"] >= 1
         assert 0 < level["p90_ms"] <= level["max_ms"]
         assert set(level["cpu_s"]) == {"server", "server_event_loop", "redis", "loadgen"}
+        runs = level["runs"]
+        assert len(runs) == 2 and all(run["rps"] > 0 and run["p50_ms"] <= run["p99_ms"] for run in runs)
+        assert result[f"p99_ms_{name}_runs"] == [run["p99_ms"] for run in runs]
+        # Pooled percentiles lie within the runs' own (a pooled p99 is no better than the best run's).
+        low, high = min(run["p99_ms"] for run in runs), max(run["p99_ms"] for run in runs)
+        assert low - 0.002 <= result[f"p99_ms_{name}"] <= high + 0.002  # 0.002: the figures' rounding
     assert result["p50_ms_c16"] <= result["p99_ms_c16"]
     # The open-loop levels (default --rates 100,200,300): every arrival answered right, latency from its schedule.
     open_loop = result["levels"]["r300"]
