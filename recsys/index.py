@@ -554,9 +554,8 @@ class VideoIndex:
         A doubling schedule brackets it, then bisection between the last value that missed and the first that
         reached it finds the smallest, to within 1/8 of the missed value (the doubling alone overshoots by up to
         2x, and the search costs about linearly in nprobe: at 1M videos nprobe 4 missed 0.95 by 0.0015 and
-        doubling took 8). Keeps that value
-        (or the largest tried, with ``reached`` false) and returns every value tried. Exact indexes just report
-        their recall.
+        doubling took 8). Keeps that value (or the largest tried, with ``reached`` false) and returns every value
+        tried. Exact indexes just report their recall.
         """
         t0 = time.perf_counter()
         u = self._check_queries(user_vectors)
