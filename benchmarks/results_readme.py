@@ -153,6 +153,14 @@ RESULTS: tuple[Result, ...] = (
     ),
     result(
         "quality",
+        "quality/quality_ml100k_served_attention_hide_earlier.json",
+        "As quality_ml100k_served_attention with every video the user watched before the label hidden "
+        "(`--hide earlier`); the training run is the same one (seeded; identical validation recall per epoch).",
+        *("--dataset", "ml-100k", "--protocols", "leave_last_out", "--hide", "earlier", "--losses", "topk_random"),
+        *("--learning-rates", "0.2", "--history-pooling", "attention"),
+    ),
+    result(
+        "quality",
         "quality/quality_synthetic_served.json",
         "Synthetic 10k catalogue as served, time split: the default two-tower (top-K-plus-random, recency pooling, "
         "log-uniform tail) against popularity, ALS, BPR and EASE, with planted-topic shares.",
