@@ -176,7 +176,8 @@ class Service:
 
 
 # The caps before the first bundle is loaded (events may arrive while it loads): the pipeline's defaults.
-DEFAULT_HISTORY_CAPS = (PipelineConfig().max_history, PipelineConfig().max_search_tokens)
+_PIPELINE_DEFAULTS = PipelineConfig()
+DEFAULT_HISTORY_CAPS = (_PIPELINE_DEFAULTS.max_history, _PIPELINE_DEFAULTS.max_search_tokens)
 
 
 def history_caps(config: ServeConfig, engine: Engine | None) -> tuple[int, int]:

@@ -189,9 +189,9 @@ class RedisStore:
         """RPUSH, LTRIM to its cap and EXPIRE for every touched list, in one pipeline (one transaction)."""
 
         async def call() -> None:
+            caps = (self.cap, self.token_cap)
             async with self.client.pipeline(transaction=True) as pipe:
                 for user_id, (watches, tokens) in writes.items():
-                    caps = (self.cap, self.token_cap)
                     for key, values, cap in zip(self._keys(user_id), (watches, tokens), caps, strict=True):
                         if values:
                             pipe.rpush(key, *values[-cap:])
