@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmarks.datasets import prepare_synthetic
 from benchmarks.output import command_line, emit_json, log
 from recsys.config import GeneratorConfig, ModelConfig, TrainConfig
@@ -83,6 +85,7 @@ def measure(data: ExampleSet, variant: str, args: argparse.Namespace) -> dict[st
         "profile_s": trainer.step_profile(),
     }
     if trainer.miner is not None:
+        out["head_distinct_rows"] = _head_distinct_rows(trainer, current)
         defaults = TrainConfig()
         per_build = defaults.refresh_every * trainer.miner.retrain_every
         out |= {
@@ -94,6 +97,17 @@ def measure(data: ExampleSet, variant: str, args: argparse.Namespace) -> dict[st
             "tuned_recall": trainer.miner.tuning["recall"] if trainer.miner.tuning else None,
         }
     return out
+
+
+def _head_distinct_rows(trainer: Trainer, batch: Any) -> int:
+    """Distinct rows among the last batch's mined top-K heads (B x K ids): what sets the head's gather cost.
+
+    `recsys.softmax.candidate_logits` scores few distinct rows as one dense product and many as row copies, so the
+    step's cost depends on this count; it is read after the timed steps, without marking rows.
+    """
+    assert trainer.miner is not None
+    ids = trainer.miner.peek(trainer.user_vectors(batch))
+    return int(np.unique(ids[ids >= 0]).size)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from recsys.config import TrainConfig
 from recsys.index import ivf_nlist
+from recsys.softmax import candidate_logits
 from recsys.sparse_optim import tf_variable
 
 __all__ = ["NegativeMiner", "RefreshStats", "TouchedRows", "default_ivf_spec"]
@@ -178,6 +179,13 @@ class NegativeMiner:
         self._tune_pending = False
         self.tuning: dict[str, Any] | None = None  # the last nprobe tuning: chosen value and recall per value tried
         self.history: list[RefreshStats] = []
+        self._scores: Any = None
+        if isinstance(self.table, tf.Variable) and (self.bias is None or isinstance(self.bias, tf.Variable)):
+            # The step's own head logits, traced once: no [B, K', d] copy of the rows and no per-call op dispatch.
+            self._scores = tf.function(
+                lambda u, ids: candidate_logits(u, self.table, self.bias, ids),
+                input_signature=[tf.TensorSpec([None, self.dim], tf.float32), tf.TensorSpec([None, None], tf.int64)],
+            )
 
     @classmethod
     def from_config(
@@ -478,12 +486,10 @@ class NegativeMiner:
 
     def _current_scores(self, u: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """u_b · V_j + b_j with the table's current rows for candidate ids [B, K'] (ids must be valid)."""
+        if self._scores is not None:
+            return np.asarray(self._scores(u, ids).numpy(), dtype=np.float32)
         if isinstance(self.table, tf.Variable | tf.Tensor):
-            # One multi-threaded gather + batched mat-vec; no [B, K', d] copy into numpy.
-            scores = tf.linalg.matvec(tf.gather(self.table, ids), tf.constant(u))
-            if self.bias is not None:
-                scores += tf.gather(self.bias, ids)
-            return np.asarray(scores.numpy(), dtype=np.float32)
+            return np.asarray(candidate_logits(tf.constant(u), self.table, self.bias, ids).numpy(), dtype=np.float32)
         table = np.asarray(self.table, dtype=np.float32)
         out = np.empty(ids.shape, np.float32)
         chunk = 16  # keeps the gathered [chunk, K', d] block small and cache-resident

@@ -25,4 +25,6 @@ def test_train_step_benchmark_times_every_variant(tmp_path, monkeypatch):
     assert topk["steps"] == 4 and topk["prefetched_steps"] > 0 and sync["prefetched_steps"] == 0
     assert len(topk["refreshes"]) >= 2  # the build, then a refresh inside the timed steps
     assert {"train_step", "rescore"} <= set(topk["profile_s"]) and "search" in sync["profile_s"]
+    # At least one row per example's head, at most every id of the batch's heads (64 examples x K 32).
+    assert 1 <= topk["head_distinct_rows"] <= 64 * 32
     assert result["over_loguniform"]["3000"]["loguniform"] == 1.0

@@ -437,3 +437,39 @@ def test_loguniform_decreases_on_toy_problem() -> None:
         step(tf.constant(user_ids[sl]), tf.constant(labels[sl], tf.int64))
     after = full()
     assert after < before - 0.3, (before, after)
+
+
+@pytest.mark.parametrize("distinct", [3, 500])  # few rows per column: the dense product; many: the row copies
+def test_candidate_logits_match_the_plain_gather_with_gradients(distinct: int) -> None:
+    rng = np.random.default_rng(3)
+    n, d, batch, columns = 600, 8, 200, 2
+    V = tf.Variable(rng.normal(size=(n, d)).astype(np.float32))
+    b = tf.Variable(rng.normal(size=n).astype(np.float32))
+    u = tf.constant(rng.normal(size=(batch, d)).astype(np.float32))
+    pool = rng.choice(n, distinct, replace=False)
+    ids = tf.constant(pool[rng.integers(0, distinct, (batch, columns))].astype(np.int64))
+    weights = tf.constant(rng.normal(size=(batch, columns)).astype(np.float32))
+    assert (len(np.unique(ids)) <= sm.DENSE_ROWS_PER_COLUMN * columns) == (distinct == 3)
+
+    def grads(fn):  # type: ignore[no-untyped-def]
+        with tf.GradientTape() as tape:
+            tape.watch(u)
+            logits = fn()
+            loss = tf.reduce_sum(weights * logits)
+        gu, gV, gb = tape.gradient(loss, [u, V, b])
+        return logits.numpy(), gu.numpy(), tf.convert_to_tensor(gV).numpy(), tf.convert_to_tensor(gb).numpy(), gV
+
+    fast = tf.function(lambda: sm.candidate_logits(u, V, b, ids))
+    got = grads(fast)
+    want = grads(lambda: tf.einsum("bd,bkd->bk", u, tf.gather(V, ids)) + tf.gather(b, ids))
+    for a, e in zip(got[:4], want[:4], strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+    # The table's gradient stays sparse: one slice per distinct candidate row, not one per id or a dense table.
+    assert isinstance(got[4], tf.IndexedSlices)
+    assert sorted(got[4].indices.numpy().tolist()) == sorted(np.unique(ids).tolist())
+
+
+def test_candidate_logits_of_no_columns_is_empty() -> None:
+    V = tf.Variable(tf.ones([10, 4]))
+    out = sm.candidate_logits(tf.ones([3, 4]), V, None, tf.zeros([3, 0], tf.int64))
+    assert out.shape == (3, 0)
