@@ -180,15 +180,27 @@ def mixture_queries(embeddings: np.ndarray, n: int, seed: int = 0, max_parts: in
 
 
 # ---------------------------------------------------------------------------------------------- device
+def clone_to_gpus(index: Any) -> Any | None:
+    """A copy of a CPU index on every GPU FAISS sees, or None (no GPU, or a type with no GPU implementation)."""
+    if faiss.get_num_gpus() <= 0:
+        return None
+    try:
+        return faiss.index_cpu_to_all_gpus(index)
+    except (RuntimeError, AttributeError) as exc:
+        log.warning("index stays on the CPU: %s", exc)
+        return None
+
+
+def set_nprobe(index: Any, nprobe: int) -> None:
+    """Set nprobe on an IVF index on either device, wrapped (pre-transforms) or not."""
+    space = getattr(faiss, "GpuParameterSpace", faiss.ParameterSpace)()  # the GPU one also handles CPU indexes
+    space.set_index_parameter(index, "nprobe", nprobe)
+
+
 def _to_device(index: Any) -> tuple[Any, str]:
     """The index cloned to all GPUs when FAISS sees any (CPU otherwise); returns (index, "gpu" | "cpu")."""
-    if faiss.get_num_gpus() <= 0:
-        return index, "cpu"
-    try:
-        return faiss.index_cpu_to_all_gpus(index), "gpu"
-    except (RuntimeError, AttributeError) as exc:  # a type with no GPU implementation
-        log.warning("index stays on the CPU: %s", exc)
-        return index, "cpu"
+    gpu = clone_to_gpus(index)
+    return (index, "cpu") if gpu is None else (gpu, "gpu")
 
 
 def _to_cpu(index: Any, device: str) -> Any:

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from recsys.config import TrainConfig
-from recsys.index import ivf_nlist
+from recsys.index import clone_to_gpus, ivf_nlist, set_nprobe
 from recsys.softmax import candidate_logits
 from recsys.sparse_optim import tf_variable
 
@@ -173,6 +173,10 @@ class NegativeMiner:
         self.threads = max(1, min(threads or os.cpu_count() or 1, os.cpu_count() or 1))
         self._rng = np.random.default_rng(seed)
         self.index: faiss.Index | None = None
+        # With a GPU, searches run on a copy of the index there, made again after every refresh: the CPU index stays
+        # the one that refreshes edit (GPU IVF lists cannot move single rows) and the one the drift check reads.
+        self.gpu_index: Any | None = None
+        self._gpu_nprobe: int | None = None
         self.last_refresh_step: int | None = None
         self.refreshes_since_train = 0  # refreshes done since the quantizer was last trained
         self._trained_imbalance = 1.0
@@ -284,6 +288,7 @@ class NegativeMiner:
             else:
                 why = "no drift tolerance" if ids is None else f"{len(ids)} rows changed"
                 stats = self._readd(step, why)
+        self._mirror_to_gpus()
         self.last_refresh_step = step
         # Queries drift as the tower trains, so the nprobe that met the target is re-checked now and then.
         recheck = stats.kind == "build" or self.refreshes_since_train % self.retune_every == 0
@@ -291,6 +296,21 @@ class NegativeMiner:
         self.history.append(stats)
         log.debug("miner refresh %s", stats)
         return stats
+
+    def _mirror_to_gpus(self) -> None:
+        """Copy the refreshed index to the GPUs (nothing without one); its nprobe is set at the next search."""
+        self.gpu_index = None if self.index is None else clone_to_gpus(self.index)
+        self._gpu_nprobe = None
+
+    def _searcher(self) -> Any:
+        """The index searches go to: the GPU copy when there is one, with the CPU index's current nprobe."""
+        if self.gpu_index is None:
+            return self.index
+        ivf = self._ivf()
+        if ivf is not None and self._gpu_nprobe != int(ivf.nprobe):
+            set_nprobe(self.gpu_index, int(ivf.nprobe))
+            self._gpu_nprobe = int(ivf.nprobe)
+        return self.gpu_index
 
     def _retrain_reason(self, ivf: Any | None) -> str:
         """Why the quantizer must be (re)trained now, or "" if the current one is kept."""
@@ -421,15 +441,16 @@ class NegativeMiner:
     def fetch(self, queries: np.ndarray, k_prime: int | None = None, k: int | None = None) -> np.ndarray:
         """The index's k_prime best ids per query [B, k_prime], not yet re-scored.
 
-        Reads only the index, never the table, and changes no state: it may run on another thread while a training
-        step updates the table (FAISS releases the GIL), as long as no refresh runs at the same time.
+        Reads only the index (on the GPU when there is one), never the table, and changes no state but the GPU copy's
+        nprobe: it may run on another thread while a training step updates the table (FAISS releases the GIL), as
+        long as no refresh runs at the same time.
         """
         if self.index is None:
             raise RuntimeError("the miner has no index yet: call refresh() first")
         k = self.k if k is None else k
         k_prime = max(k, self.k_prime if k_prime is None else k_prime)
         faiss.omp_set_num_threads(self.threads if self._search_work(len(queries)) > _PARALLEL_WORK else 1)
-        return self.index.search(queries, k_prime)[1]
+        return self._searcher().search(queries, k_prime)[1]
 
     def finish(self, queries: np.ndarray, ids: np.ndarray, k: int | None = None, mark: bool = True) -> np.ndarray:
         """Re-score fetched ids [B, K'] with the current table and keep the k best; mark them for the next refresh."""

@@ -13,12 +13,14 @@ from recsys.index import (
     VideoIndex,
     augment_items,
     augment_queries,
+    clone_to_gpus,
     default_spec,
     factory_string,
     ivf_nlist,
     mixture_queries,
     read_index,
     recall_at_k,
+    set_nprobe,
 )
 
 
@@ -257,3 +259,19 @@ def test_short_answers_are_refilled_with_more_probes() -> None:
     assert index.params["nprobe"] == 1, "the refill must not change the index's own setting"
     for row in ids:
         assert len(set(row.tolist())) == 300
+
+
+@pytest.mark.parametrize("spec", ["IVF16,Flat", "PCA8,IVF16,Flat"])
+def test_set_nprobe_reaches_the_ivf_part_plain_or_wrapped(spec: str) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(2000, 16)).astype(np.float32)
+    index = faiss.index_factory(16, spec, faiss.METRIC_INNER_PRODUCT)
+    index.train(data)
+    set_nprobe(index, 7)
+    assert faiss.extract_index_ivf(index).nprobe == 7
+
+
+def test_no_gpu_clone_on_a_cpu_machine() -> None:
+    if faiss.get_num_gpus() > 0:
+        pytest.skip("this machine has a GPU")
+    assert clone_to_gpus(faiss.IndexFlatIP(4)) is None

@@ -417,3 +417,68 @@ def test_miner_never_converts_a_keras_table_to_numpy(monkeypatch: pytest.MonkeyP
     miner.mark(np.arange(100))
     assert miner.refresh(step=1).kind in ("update", "readd")
     assert miner.peek(queries).shape == (len(queries), 8)
+
+
+class _CountingCopy:
+    """Stands in for the GPU copy where no GPU exists: a real CPU clone of the index that counts its searches."""
+
+    def __init__(self, index: faiss.Index) -> None:
+        self.index = faiss.clone_index(index)
+        self.searches = 0
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.searches += 1
+        return self.index.search(queries, k)
+
+
+def test_searches_go_to_a_fresh_gpu_copy_after_every_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What cannot run here is the device itself: the copy is a CPU clone, everything else is the miner's own code.
+    copies: list[_CountingCopy] = []
+
+    def fake_clone(index: faiss.Index) -> _CountingCopy:
+        copies.append(_CountingCopy(index))
+        return copies[-1]
+
+    nprobes: list[int] = []
+    monkeypatch.setattr("training.miner.clone_to_gpus", fake_clone)
+    monkeypatch.setattr(
+        "training.miner.set_nprobe", lambda copy, n: (nprobes.append(n), setattr(copy.index, "nprobe", n))
+    )
+    table, queries = _clustered(4000, 16, 40, seed=5, noise=0.3)
+    V = tf.Variable(table)
+    miner = NegativeMiner(V, k=8, k_prime=16, index_spec="IVF32,Flat", nprobe=4, drift_tolerance=0.01)
+    miner.refresh(0)
+    assert len(copies) == 1 and miner.gpu_index is copies[0]
+    cpu = faiss.clone_index(miner.index)
+    np.testing.assert_array_equal(miner.fetch(queries), cpu.search(queries, 16)[1])
+    assert copies[0].searches == 1 and nprobes == [4]  # the CPU index's nprobe, set once on the copy
+    # An incremental refresh moves rows in the CPU index; the next searches see them through a new copy.
+    moved = table.copy()
+    moved[:200] = -moved[:200]
+    V.assign(moved)
+    miner.mark(np.arange(200))
+    assert miner.refresh(1).kind == "update"
+    assert len(copies) == 2 and miner.gpu_index is copies[1]
+    faiss.extract_index_ivf(miner.index).nprobe = 8
+    np.testing.assert_array_equal(miner.fetch(queries), faiss.clone_index(miner.index).search(queries, 16)[1])
+    assert copies[1].searches == 1 and copies[0].searches == 1 and nprobes == [4, 8]
+
+
+def test_no_gpu_copy_without_a_gpu() -> None:
+    if faiss.get_num_gpus() > 0:
+        pytest.skip("this machine has a GPU: test_mining_on_a_real_gpu covers it")
+    table, _ = _clustered(1000, 8, 10, seed=6)
+    miner = NegativeMiner(tf.Variable(table), k=4, k_prime=8, index_spec="Flat")
+    miner.refresh(0)
+    assert miner.gpu_index is None
+
+
+@pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="needs a GPU and faiss-gpu (run on the device machine)")
+def test_mining_on_a_real_gpu() -> None:
+    table, queries = _clustered(20_000, 32, 50, seed=7, noise=0.3)
+    miner = NegativeMiner(tf.Variable(table), k=10, k_prime=30, index_spec="IVF64,Flat", target_recall=0.95)
+    miner.refresh(0)
+    assert miner.gpu_index is not None
+    found = miner.search(queries)
+    assert miner.recall_of_true_topk(queries, k=10) >= 0.95
+    np.testing.assert_array_equal(found[:, 0] >= 0, True)
