@@ -168,6 +168,15 @@ RESULTS: tuple[Result, ...] = (
     ),
     result(
         "quality",
+        "quality/quality_ml100k_time_split_served_losses.json",
+        "ML-100K time split as served (the default two-tower's settings), top-K-plus-random against full softmax "
+        "and log-uniform in one run, after the dense head scoring: within 2% of full (-1.6%), 1.2% below "
+        "log-uniform (interval excludes 0), above ALS and EASE.",
+        *("--dataset", "ml-100k", "--protocols", "time_split", "--losses", "topk_random,full,loguniform"),
+        *("--learning-rates", "0.2", "--history-pooling", "recency"),
+    ),
+    result(
+        "quality",
         "quality/quality_synthetic_served_attention.json",
         "As quality_synthetic_served with attention pooling in place of recency, learning rate 0.2 (0.4, recency's, "
         "diverged and 0.1 trailed in partial runs): validation recall@100 0.2842 against recency's 0.2880, so recency "
