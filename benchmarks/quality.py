@@ -152,9 +152,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tail-sampler",
-        choices=["uniform", "loguniform"],
+        choices=["uniform", "loguniform", "loguniform_inbatch"],
         default=None,
-        help="top-K-plus-random's tail T: the design's uniform draw, or log-uniform with Hansen-Hurwitz weights",
+        help="top-K-plus-random's tail T: the design's uniform draw, log-uniform with Hansen-Hurwitz weights, or "
+        "log-uniform plus the batch's labels with balance-heuristic weights",
     )
     parser.add_argument(
         "--losses",

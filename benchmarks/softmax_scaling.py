@@ -90,7 +90,7 @@ def measure(loss: str, n: int, steps: int, cfg_kw: dict[str, Any], seed: int = 0
     optimizer.build(variables)
     gen = tf.random.Generator.from_seed(seed)
     counts = np.bincount(_labels(rng, n, 200_000), minlength=n)
-    head = LossHead(cfg, n, np.log((counts + 1.0) / (counts.sum() + n)), gen)
+    head = LossHead(cfg, n, counts, gen)
 
     # Full softmax at 1M x 1024 needs [B, n] logits, their softmax and gradient (3 x 4 GB): it runs as
     # micro-batches with summed gradients and ONE optimizer update, i.e. the same step in less memory.

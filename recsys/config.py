@@ -147,11 +147,12 @@ class TrainConfig(_Section):
         0.05, ge=0, description="a refresh re-indexes the rows that moved > this x the RMS row norm (None: all rows)"
     )
     exclude_history_from_head: bool = False
-    tail_sampler: Literal["uniform", "loguniform"] = Field(
+    tail_sampler: Literal["uniform", "loguniform", "loguniform_inbatch"] = Field(
         "loguniform",
         description="top-K-plus-random tail T: log-uniform over the popularity-ordered ids (weight count/(m*p), "
-        "per-example head only; the default since it won on every log measured) or the design's uniform draw "
-        "(weight n/m; the shared head's only tail)",
+        "per-example head only; the default since it won on every log measured); loguniform_inbatch: the same m "
+        "draws plus the batch's labels as free draws from the label distribution (balance-heuristic weights, "
+        "per-example head only); or the design's uniform draw (weight n/m; the shared head's only tail)",
     )
     tail_accumulator_correction: bool = Field(
         True,
@@ -196,8 +197,8 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.tail_sampler == "loguniform" and self.head != "per_example":
-            raise ValueError("tail_sampler='loguniform' needs head='per_example'")
+        if self.tail_sampler != "uniform" and self.head != "per_example":
+            raise ValueError(f"tail_sampler={self.tail_sampler!r} needs head='per_example'")
         if self.top_k_fetch < self.top_k:
             raise ValueError("top_k_fetch (K') must be >= top_k (K)")
         return self

@@ -31,7 +31,9 @@ def train(
     uniform_samples: Annotated[int | None, typer.Option(help="m: uniform tail samples")] = None,
     top_k: Annotated[int | None, typer.Option(help="K: head classes per example")] = None,
     head: Annotated[str | None, typer.Option(help="top-K head: per_example | shared")] = None,
-    tail_sampler: Annotated[str | None, typer.Option(help="top-K-plus-random tail: uniform | loguniform")] = None,
+    tail_sampler: Annotated[
+        str | None, typer.Option(help="top-K-plus-random tail: uniform | loguniform | loguniform_inbatch")
+    ] = None,
     hidden: Annotated[str | None, typer.Option(help="tower widths, e.g. 1024,512,256 (empty: linear)")] = None,
     embedding_dim: Annotated[int | None, typer.Option()] = None,
     video_input_dim: Annotated[int | None, typer.Option(help="width of the watch-history input embeddings")] = None,

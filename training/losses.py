@@ -47,11 +47,17 @@ def log_uniform_sample(
 class LossHead:
     """Batch-mean loss of user vectors u against the output table (V, b) for the configured loss."""
 
-    def __init__(self, cfg: TrainConfig, n: int, log_q: np.ndarray, rng: tf.random.Generator) -> None:
-        """Keep what the losses need: n, the label prior log q (in-batch) and the generator for sampling."""
+    def __init__(self, cfg: TrainConfig, n: int, label_counts: np.ndarray, rng: tf.random.Generator) -> None:
+        """Keep what the losses need: n, the training labels' counts per video and the generator for sampling."""
         self.cfg = cfg
         self.n = n
-        self.log_q = tf.constant(log_q, tf.float32)
+        counts = np.asarray(label_counts, dtype=np.float64)
+        if counts.shape != (n,) or np.any(counts < 0) or counts.sum() <= 0:
+            raise ValueError(f"label_counts must be {n} non-negative counts with a positive sum")
+        # In-batch logQ: each video's share as a training label, smoothed so unseen videos keep a finite log q.
+        self.log_q = tf.constant(np.log((counts + 1.0) / (counts.sum() + n)), tf.float32)
+        # The labels' own draw probability, unsmoothed: a shuffled batch's labels are draws from exactly this.
+        self.label_share = tf.constant(counts / counts.sum(), tf.float64)
         self.rng = rng
 
     def __call__(
@@ -89,13 +95,20 @@ class LossHead:
                 remove_accidental_hits=True,
             )
             return tf.reduce_mean(loss), self._tail(*self._loguniform_tail(y, sampled[0]))
-        if cfg.head == "per_example" and cfg.tail_sampler == "loguniform":
-            t, log_w = self.loguniform_tail_sample(y)
+        if cfg.head == "per_example" and cfg.tail_sampler != "uniform":
+            others = None
+            if cfg.tail_sampler == "loguniform_inbatch":
+                t, log_w = self.mixture_tail_sample(y)
+                others = tf.size(y) - 1
+            else:
+                t, log_w = self.loguniform_tail_sample(y)
             log_z_hat, label_logit = per_example_log_partition(u, V, b, y, candidates, t, exclude, log_w)
             heads, _ = build_head(y, candidates)
+            # Every label is in the heads, so these rows are log-uniform draws; their weight is about 1/(their
+            # chance to be drawn by either proposal), which is the inclusion probability the accumulator needs.
             rows = sorted_difference(t, heads)
             loss = tf.reduce_mean(log_z_hat - label_logit)
-            return loss, self._tail(rows, self._drawn_at_least_once(rows))
+            return loss, self._tail(rows, self._drawn_at_least_once(rows, others))
         if cfg.head == "per_example":
             t = tf.sort(sample_complement(tf.zeros([0], tf.int64), self.n, cfg.uniform_samples, self.rng))
             log_z_hat, label_logit = per_example_log_partition(u, V, b, y, candidates, t, exclude)
@@ -117,15 +130,43 @@ class LossHead:
         # Hansen-Hurwitz: a class drawn c times out of m with per-draw probability p stands for c/(m·p).
         return t, tf.math.log(tf.cast(counts, tf.float32)) - math.log(m) - self._log_p(t)
 
+    def mixture_tail_sample(self, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """m log-uniform draws plus the batch's labels as one tail: sorted distinct classes and their log weights.
+
+        The labels are free draws from the label distribution q (their rows are gathered for the heads anyway).
+        For example i the other B-1 labels are such draws and its own label is in its head, never in its tail, so
+        a class drawn c times in all stands for c / (m·p_j + (B-1)·q_j) classes (the balance heuristic of
+        multiple importance sampling): unbiased for each example's tail sum, and no class that either proposal
+        makes likely gets a large weight. Log-uniform covers every class, so videos no label has (q = 0) stay
+        reachable.
+        """
+        m = self.cfg.uniform_samples
+        labels = tf.cast(tf.reshape(y, [-1]), tf.int64)
+        draws = tf.concat([log_uniform_sample(y, self.n, m, self.rng)[0], labels], axis=0)
+        t, _, counts = tf.unique_with_counts(draws)
+        order = tf.argsort(t)
+        t, counts = tf.gather(t, order), tf.gather(counts, order)
+        others = tf.cast(tf.size(labels) - 1, tf.float64)
+        expected = float(m) * tf.exp(tf.cast(self._log_p(t), tf.float64)) + others * tf.gather(self.label_share, t)
+        log_w = tf.math.log(tf.cast(counts, tf.float64)) - tf.math.log(expected)
+        return t, tf.cast(log_w, tf.float32)
+
     def _log_p(self, classes: tf.Tensor) -> tf.Tensor:
         """Log of one log-uniform draw's probability of each class (float32)."""
         c = tf.cast(classes, tf.float64)
         return tf.cast(tf.math.log(tf.math.log((c + 2.0) / (c + 1.0)) / math.log(self.n + 1.0)), tf.float32)
 
-    def _drawn_at_least_once(self, classes: tf.Tensor) -> tf.Tensor:
-        """Each class's chance to be among m log-uniform draws, 1 - (1 - p)^m (float32)."""
+    def _drawn_at_least_once(self, classes: tf.Tensor, others: tf.Tensor | None = None) -> tf.Tensor:
+        """Each class's chance to be among m log-uniform draws, 1 - (1 - p)^m (float32).
+
+        With ``others`` (the number of in-batch label draws), also among those: 1 - (1 - p)^m (1 - q)^others.
+        """
         p = tf.exp(tf.cast(self._log_p(classes), tf.float64))
-        return tf.cast(-tf.math.expm1(float(self.cfg.uniform_samples) * tf.math.log1p(-p)), tf.float32)
+        log_missed = float(self.cfg.uniform_samples) * tf.math.log1p(-p)
+        if others is not None:
+            q = tf.minimum(tf.gather(self.label_share, classes), 1.0 - 1e-12)
+            log_missed += tf.cast(others, tf.float64) * tf.math.log1p(-q)
+        return tf.cast(-tf.math.expm1(log_missed), tf.float32)
 
     def _loguniform_tail(self, y: tf.Tensor, sampled: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """The log-uniform draws that are no label of the batch, and each one's chance to be drawn at all this step."""

@@ -81,11 +81,8 @@ class Trainer:
         self.optimizer.build(self.model.trainable_variables)
         self.rng = tf.random.Generator.from_seed(cfg.seed)
         self.n = data.sizes.videos
-        counts = data.label_counts()
-        # Frequency share of each video as a training label, smoothed so unseen videos keep a finite log q.
-        q = (counts + 1.0) / (counts.sum() + len(counts))
-        self.label_counts = counts
-        self.loss_head = LossHead(cfg, self.n, np.log(q), self.rng)
+        self.label_counts = data.label_counts()
+        self.loss_head = LossHead(cfg, self.n, self.label_counts, self.rng)
         # Every gather, gradient and optimizer update goes through the raw tf.Variables: a Keras variable converts
         # to a whole-table read, which TensorFlow turns into a full copy once a sparse update has touched it.
         out = self.model.output_layer

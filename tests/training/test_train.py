@@ -44,7 +44,7 @@ def test_batches_are_deterministic_per_epoch_and_skip_exactly(synthetic_examples
     assert sum(missing.values()) < 64
 
 
-@pytest.mark.parametrize("tail_sampler", ["uniform", "loguniform"])
+@pytest.mark.parametrize("tail_sampler", ["uniform", "loguniform", "loguniform_inbatch"])
 def test_topk_random_step_touches_only_sampled_rows(synthetic_examples, tail_sampler):
     data = ExampleSet.open(synthetic_examples)
     cfg = TrainConfig(
