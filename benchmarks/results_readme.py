@@ -177,6 +177,15 @@ RESULTS: tuple[Result, ...] = (
     ),
     result(
         "quality",
+        "quality/quality_ml100k_time_split_served_mixture.json",
+        "As quality_ml100k_time_split_served_losses with top-K-plus-random's tail the log-uniform draws plus the "
+        "batch's labels (`--tail-sampler loguniform_inbatch`): within 2% of full (-0.3%) and level with log-uniform "
+        "(+0.1%, neither interval excludes 0), above ALS and EASE; full and log-uniform reproduce that run exactly.",
+        *("--dataset", "ml-100k", "--protocols", "time_split", "--losses", "topk_random,full,loguniform"),
+        *("--learning-rates", "0.2", "--history-pooling", "recency", "--tail-sampler", "loguniform_inbatch"),
+    ),
+    result(
+        "quality",
         "quality/quality_synthetic_served_attention.json",
         "As quality_synthetic_served with attention pooling in place of recency, learning rate 0.2 (0.4, recency's, "
         "diverged and 0.1 trailed in partial runs): validation recall@100 0.2842 against recency's 0.2880, so recency "
