@@ -108,7 +108,7 @@ class LossHead:
             # chance to be drawn by either proposal), which is the inclusion probability the accumulator needs.
             rows = sorted_difference(t, heads)
             loss = tf.reduce_mean(log_z_hat - label_logit)
-            return loss, self._tail(rows, self._drawn_at_least_once(rows, others))
+            return loss, self._tail(rows, self.tail_draw_chance(rows, others))
         if cfg.head == "per_example":
             t = tf.sort(sample_complement(tf.zeros([0], tf.int64), self.n, cfg.uniform_samples, self.rng))
             log_z_hat, label_logit = per_example_log_partition(u, V, b, y, candidates, t, exclude)
@@ -156,7 +156,7 @@ class LossHead:
         c = tf.cast(classes, tf.float64)
         return tf.cast(tf.math.log(tf.math.log((c + 2.0) / (c + 1.0)) / math.log(self.n + 1.0)), tf.float32)
 
-    def _drawn_at_least_once(self, classes: tf.Tensor, others: tf.Tensor | None = None) -> tf.Tensor:
+    def tail_draw_chance(self, classes: tf.Tensor, others: tf.Tensor | None = None) -> tf.Tensor:
         """Each class's chance to be among m log-uniform draws, 1 - (1 - p)^m (float32).
 
         With ``others`` (the number of in-batch label draws), also among those: 1 - (1 - p)^m (1 - q)^others.
@@ -172,7 +172,7 @@ class LossHead:
         """The log-uniform draws that are no label of the batch, and each one's chance to be drawn at all this step."""
         labels = tf.sort(tf.unique(tf.cast(tf.reshape(y, [-1]), tf.int64)).y)
         rows = sorted_difference(tf.sort(tf.unique(sampled).y), labels)
-        return rows, self._drawn_at_least_once(rows)
+        return rows, self.tail_draw_chance(rows)
 
     def _tail(self, rows: tf.Tensor, inclusion: tf.Tensor) -> RowScale | None:
         """The RowScale of the tail rows, or None when the correction is switched off."""
