@@ -52,12 +52,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def head_cover(trainer: Trainer, batch: dict[str, np.ndarray], others: int) -> dict[str, Any]:
+def head_cover(trainer: Trainer, batch: dict[str, np.ndarray], others: int | None) -> dict[str, Any]:
     """Distinct rows of the batch's mined heads and how likely the tail was to draw each head entry anyway."""
     assert trainer.miner is not None
     ids = trainer.miner.peek(trainer.user_vectors(batch))
     ids = ids[ids >= 0]
-    chance = trainer.loss_head.tail_draw_chance(tf.constant(ids, tf.int64), tf.constant(others)).numpy()
+    chance = trainer.loss_head.tail_draw_chance(tf.constant(ids, tf.int64), others).numpy()
     distinct = np.unique(ids)
     return {
         "distinct_head_rows": int(distinct.size),
@@ -78,8 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg, loss="topk_random", tail_sampler=args.tail_sampler, warmup_steps=args.warmup, checkpoint_every=10**9
     )
     trainer = Trainer(data, model_cfg, cfg)
-    # Label draws count only for the mixture tail: the plain log-uniform tail has none.
-    others = cfg.batch_size - 1 if cfg.tail_sampler == "loguniform_inbatch" else 0
+    others = trainer.loss_head.label_draws(cfg.batch_size)
     epochs = itertools.chain.from_iterable(training_batches(data, cfg, epoch=e) for e in itertools.count())
     batches = with_next(epochs)
     checks: list[dict[str, Any]] = []

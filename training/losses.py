@@ -96,12 +96,11 @@ class LossHead:
             )
             return tf.reduce_mean(loss), self._tail(*self._loguniform_tail(y, sampled[0]))
         if cfg.head == "per_example" and cfg.tail_sampler != "uniform":
-            others = None
-            if cfg.tail_sampler == "loguniform_inbatch":
-                t, log_w = self.mixture_tail_sample(y)
-                others = tf.size(y) - 1
-            else:
+            others = self.label_draws(tf.size(y))
+            if others is None:
                 t, log_w = self.loguniform_tail_sample(y)
+            else:
+                t, log_w = self.mixture_tail_sample(y)
             log_z_hat, label_logit = per_example_log_partition(u, V, b, y, candidates, t, exclude, log_w)
             heads, _ = build_head(y, candidates)
             # Every label is in the heads, so these rows are log-uniform draws; their weight is about 1/(their
@@ -124,9 +123,7 @@ class LossHead:
     def loguniform_tail_sample(self, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """A log-uniform tail for the per-example head: sorted distinct classes of m draws and their log weights."""
         m = self.cfg.uniform_samples
-        t, _, counts = tf.unique_with_counts(log_uniform_sample(y, self.n, m, self.rng)[0])
-        order = tf.argsort(t)
-        t, counts = tf.gather(t, order), tf.gather(counts, order)
+        t, counts = _distinct_sorted(log_uniform_sample(y, self.n, m, self.rng)[0])
         # Hansen-Hurwitz: a class drawn c times out of m with per-draw probability p stands for c/(m·p).
         return t, tf.math.log(tf.cast(counts, tf.float32)) - math.log(m) - self._log_p(t)
 
@@ -142,14 +139,15 @@ class LossHead:
         """
         m = self.cfg.uniform_samples
         labels = tf.cast(tf.reshape(y, [-1]), tf.int64)
-        draws = tf.concat([log_uniform_sample(y, self.n, m, self.rng)[0], labels], axis=0)
-        t, _, counts = tf.unique_with_counts(draws)
-        order = tf.argsort(t)
-        t, counts = tf.gather(t, order), tf.gather(counts, order)
+        t, counts = _distinct_sorted(tf.concat([log_uniform_sample(y, self.n, m, self.rng)[0], labels], axis=0))
         others = tf.cast(tf.size(labels) - 1, tf.float64)
         expected = float(m) * tf.exp(tf.cast(self._log_p(t), tf.float64)) + others * tf.gather(self.label_share, t)
         log_w = tf.math.log(tf.cast(counts, tf.float64)) - tf.math.log(expected)
         return t, tf.cast(log_w, tf.float32)
+
+    def label_draws(self, batch_size: Any) -> Any | None:
+        """How many of a step's tail draws are the batch's labels: B-1 for the mixture tail, None for the others."""
+        return batch_size - 1 if self.cfg.tail_sampler == "loguniform_inbatch" else None
 
     def _log_p(self, classes: tf.Tensor) -> tf.Tensor:
         """Log of one log-uniform draw's probability of each class (float32)."""
@@ -177,3 +175,10 @@ class LossHead:
     def _tail(self, rows: tf.Tensor, inclusion: tf.Tensor) -> RowScale | None:
         """The RowScale of the tail rows, or None when the correction is switched off."""
         return RowScale(rows, inclusion) if self.cfg.tail_accumulator_correction else None
+
+
+def _distinct_sorted(draws: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The distinct classes among int64 draws, sorted, and how many times each was drawn."""
+    t, _, counts = tf.unique_with_counts(draws)
+    order = tf.argsort(t)
+    return tf.gather(t, order), tf.gather(counts, order)
