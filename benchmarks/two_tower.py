@@ -227,6 +227,7 @@ def train_for_budget(
         "last_loss": loss,
         "miner_refreshes": len(trainer.miner.history) if trainer.miner is not None else 0,
         "step_profile_s": trainer.step_profile(),
+        "head_checks": trainer.head_checks,
         "curve": curve,
     }
     return trainer, info

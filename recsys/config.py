@@ -146,6 +146,15 @@ class TrainConfig(_Section):
     refresh_drift: float | None = Field(
         0.05, ge=0, description="a refresh re-indexes the rows that moved > this x the RMS row norm (None: all rows)"
     )
+    head_min_miss: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="top-K-plus-random: every refresh_every steps one batch's head is mined and checked, and the "
+        "head is mined until the next check only if its entries' mean chance to be missed by the tail is at least "
+        "this; otherwise those steps train on the tail alone, with no search, mining tower or re-scoring (None: "
+        "always mine). A head the tail draws anyway changes the estimate of Z little for its whole cost",
+    )
     exclude_history_from_head: bool = False
     tail_sampler: Literal["uniform", "loguniform", "loguniform_inbatch"] = Field(
         "loguniform",
@@ -199,6 +208,10 @@ class TrainConfig(_Section):
     def _consistent(self) -> TrainConfig:
         if self.tail_sampler != "uniform" and self.head != "per_example":
             raise ValueError(f"tail_sampler={self.tail_sampler!r} needs head='per_example'")
+        if self.head_min_miss is not None and self.tail_sampler == "uniform":
+            raise ValueError(
+                "head_min_miss needs a log-uniform tail (tail_sampler 'loguniform' or 'loguniform_inbatch')"
+            )
         if self.top_k_fetch < self.top_k:
             raise ValueError("top_k_fetch (K') must be >= top_k (K)")
         return self

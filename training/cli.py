@@ -34,6 +34,10 @@ def train(
     tail_sampler: Annotated[
         str | None, typer.Option(help="top-K-plus-random tail: uniform | loguniform | loguniform_inbatch")
     ] = None,
+    head_min_miss: Annotated[
+        float | None,
+        typer.Option(help="top-K-plus-random: mine the head only while the tail would miss this share of it"),
+    ] = None,
     hidden: Annotated[str | None, typer.Option(help="tower widths, e.g. 1024,512,256 (empty: linear)")] = None,
     embedding_dim: Annotated[int | None, typer.Option()] = None,
     video_input_dim: Annotated[int | None, typer.Option(help="width of the watch-history input embeddings")] = None,
@@ -70,6 +74,7 @@ def train(
         top_k=top_k,
         head=head,
         tail_sampler=tail_sampler,
+        head_min_miss=head_min_miss,
         seed=seed,
     )
     report = run_train(examples, out, model_cfg, cfg, resume=resume, progress=not quiet, index_spec=index_spec)

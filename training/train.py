@@ -108,6 +108,8 @@ class Trainer:
         self._pending: tuple[int, np.ndarray, Future[np.ndarray]] | None = None
         self.prefetched_steps = 0  # steps whose index search overlapped the step before
         self._pool = ThreadPoolExecutor(1, "miner") if self.miner is not None and cfg.mining_prefetch else None
+        self._head_on: bool | None = None  # the head gate's last decision (None: no check yet in this process)
+        self.head_checks: list[dict[str, float]] = []  # the gate's checks: step, mean miss chance, head kept or not
 
     def _step(self, features: dict[str, tf.Tensor], y: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
@@ -143,6 +145,18 @@ class Trainer:
         batch = len(features["country"])
         if self.miner is None or not self.miner.topk_enabled(step):
             return np.zeros((batch, 0), dtype=np.int64)
+        if self.cfg.head_min_miss is not None:
+            if self._head_check_due(step):
+                found = self._mine(step, features)
+                self._check_head(step, found)
+                return found  # mined already: this step uses it whatever the gate decided for the next ones
+            if not self._head_on:
+                return np.zeros((batch, 0), dtype=np.int64)
+        return self._mine(step, features)
+
+    def _mine(self, step: int, features: dict[str, np.ndarray]) -> np.ndarray:
+        """This step's re-scored top-K: the prefetched search when one is pending for it, else a synchronous one."""
+        assert self.miner is not None
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] != step:
             pending[2].result()  # a search still in flight must end before the index may be refreshed
@@ -170,7 +184,31 @@ class Trainer:
         t0 = time.perf_counter()
         found = self.miner.finish(queries, ids)  # re-scored with the table as it is now, exactly as without prefetch
         self.profile["rescore"] += time.perf_counter() - t0
+        self.profile["mined"] += 1  # per step in step_profile: the share of steps that mined a head
         return found
+
+    def _head_check_due(self, step: int) -> bool:
+        """Whether the head gate checks at this step: every refresh_every steps from warm-up's end, and first thing.
+
+        A resumed run has no decision yet and checks at its first step, so it may mine a few steps that an
+        uninterrupted run did not (or the reverse) until the next scheduled check.
+        """
+        return self._head_on is None or (step - self.cfg.warmup_steps) % self.cfg.refresh_every == 0
+
+    def _check_head(self, step: int, found: np.ndarray) -> None:
+        """Keep mining until the next check only if the tail would miss enough of this head (TrainConfig.head_min_miss).
+
+        The head's job is to score exactly the rows that dominate Z and that the tail is unlikely to draw; entries the
+        tail draws almost surely are already estimated from the tail, so such a head costs a step's search, mining
+        tower and re-scoring for little change in the estimate (benchmarks/head_cover.py measures this at 1M).
+        """
+        ids = found[found >= 0]
+        others = self.loss_head.label_draws(len(found))
+        drawn = self.loss_head.tail_draw_chance(tf.constant(ids, tf.int64), others).numpy() if ids.size else None
+        miss = 1.0 - float(drawn.mean()) if drawn is not None else 0.0
+        assert self.cfg.head_min_miss is not None
+        self._head_on = miss >= self.cfg.head_min_miss
+        self.head_checks.append({"step": step, "mean_miss_chance": round(miss, 4), "head_on": self._head_on})
 
     def _prefetch(self, step: int, features: dict[str, np.ndarray]) -> None:
         """Start the index search for ``step``'s batch on the worker thread, with the user vectors of the weights now.
@@ -191,6 +229,7 @@ class Trainer:
             or miner.refresh_due(step)
             or miner.tuning_pending
             or step % self.cfg.checkpoint_every == 0
+            or (self.cfg.head_min_miss is not None and (self._head_check_due(step) or not self._head_on))
         ):
             return
         t0 = time.perf_counter()
@@ -449,6 +488,7 @@ def _report(
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "step_profile_s": trainer.step_profile(),
         "prefetched_steps": trainer.prefetched_steps,
+        "head_checks": trainer.head_checks[-20:],
         "config": {"model": trainer.model_cfg.model_dump(mode="json"), "train": trainer.cfg.model_dump(mode="json")},
         "files": {"embeddings": RUN_EMBEDDINGS_FILE, "bias": RUN_BIAS_FILE, "weights": "best.weights.h5"},
         "out": str(out),

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from recsys.config import ModelConfig, TrainConfig
 from recsys.errors import InputError
-from training.data import ExampleSet, batches_per_epoch, iterate_batches, pad_lists
+from training.data import ExampleSet, batches_per_epoch, iterate_batches, pad_lists, training_batches, with_next
 from training.evaluate import evaluate_run
 from training.train import FEATURE_NAMES, RUN_EMBEDDINGS_FILE, Trainer, train
 
@@ -318,3 +318,44 @@ def test_a_planned_run_is_not_stopped_before_its_planned_steps(synthetic_example
     report = train(synthetic_examples, tmp_path / "run", SMALL, cfg, progress=False)
     assert report["schedule"]["epochs"] == 4 and report["schedule"]["stop_after_step"] == 3 * per_epoch
     assert report["stopped_early"] and report["epochs_run"] == 3
+
+
+def _gated_run(data: ExampleSet, steps: int, **kw: Any) -> Trainer:
+    """A top-K-plus-random trainer stepped `steps` times through Trainer.step (prefetch on) with the head gate."""
+    cfg = _train_cfg(warmup_steps=4, refresh_every=10, checkpoint_every=10**6, **kw)
+    trainer = Trainer(data, SMALL, cfg, index_spec="Flat")
+    batches = with_next(iter(training_batches(data, cfg, epoch=0)))
+    try:
+        for step in range(steps):
+            batch, following = next(batches)
+            trainer.step(step, batch, following)
+    finally:
+        trainer.close()
+    return trainer
+
+
+def test_head_gate_mines_only_while_the_tail_would_miss_the_head(synthetic_examples):
+    data = ExampleSet.open(synthetic_examples)
+    steps = 34  # warm-up 4, then checks at steps 4, 14, 24 and 34 - 1 = 33 is the last step
+    # A tail of 16 log-uniform draws over ~3k videos misses most head entries: the head is kept at every check.
+    kept = _gated_run(data, steps, uniform_samples=16, head_min_miss=0.1)
+    assert [c["step"] for c in kept.head_checks] == [4, 14, 24]
+    assert all(c["head_on"] and c["mean_miss_chance"] >= 0.1 for c in kept.head_checks)
+    assert kept.profile["mined"] == steps - 4
+    assert kept.prefetched_steps > 0
+    # 65,536 draws over ~3k videos take nearly every head entry: the head is mined only at the checks.
+    dropped = _gated_run(data, steps, uniform_samples=65536, head_min_miss=0.1)
+    assert [c["step"] for c in dropped.head_checks] == [4, 14, 24]
+    assert all(not c["head_on"] and c["mean_miss_chance"] < 0.1 for c in dropped.head_checks)
+    assert dropped.profile["mined"] == 3
+    assert dropped.prefetched_steps == 0
+    # The gate reads the tail actually configured: the mixture tail's label draws only raise the chance to draw.
+    mixture = _gated_run(data, 5, uniform_samples=16, head_min_miss=0.0, tail_sampler="loguniform_inbatch")
+    assert mixture.head_checks[0]["mean_miss_chance"] < kept.head_checks[0]["mean_miss_chance"]
+
+
+def test_head_gate_needs_a_log_uniform_tail():
+    with pytest.raises(ValueError, match="head_min_miss needs a log-uniform tail"):
+        TrainConfig(loss="topk_random", tail_sampler="uniform", head_min_miss=0.1)
+    with pytest.raises(ValueError):
+        TrainConfig(head_min_miss=1.5)
