@@ -194,6 +194,33 @@ RESULTS: tuple[Result, ...] = (
     ),
     result(
         "quality",
+        "quality/quality_synthetic_served_emb128.json",
+        "As quality_synthetic_served with 128-d user vectors and output embeddings (`--set embedding_dim=128`), "
+        "two-tower only: validation recall@100 0.2875 against 0.2880 at 64, test 0.2788 against 0.2781, "
+        "planted-topic share 0.725 against 0.727: level, the width is not what keeps on-taste videos out.",
+        *(*_SYNTHETIC_10K, "--protocols", "time_split", "--losses", "topk_random", "--skip-baselines"),
+        *("--set", "embedding_dim=128"),
+    ),
+    result(
+        "quality",
+        "quality/quality_synthetic_served_hist100.json",
+        "As quality_synthetic_served with histories of up to 100 watches (`--max-history 100`; as served the "
+        "example's 100 latest watches are hidden), two-tower only: validation recall@100 0.2539 against 0.2880 at "
+        "50, test 0.2410 against 0.2781, planted-topic share 0.612 against 0.727: worse, the default stays 50.",
+        *(*_SYNTHETIC_10K, "--protocols", "time_split", "--losses", "topk_random", "--skip-baselines"),
+        *("--max-history", "100"),
+    ),
+    result(
+        "quality",
+        "quality/quality_synthetic_served_lr02.json",
+        "As quality_synthetic_served at learning rate 0.2 (`--learning-rates 0.2`), two-tower only: validation "
+        "recall@100 0.2806 at the epoch cap (20, still rising) against 0.2880 at 0.4, test 0.2740 against 0.2781, "
+        "planted-topic share 0.629 against 0.727: worse within the cap, 0.4 stays.",
+        *(*_SYNTHETIC_10K, "--protocols", "time_split", "--losses", "topk_random", "--skip-baselines"),
+        *("--learning-rates", "0.2"),
+    ),
+    result(
+        "quality",
         "quality/quality_ml100k_time_split_served_losses.json",
         "ML-100K time split as served (the default two-tower's settings), top-K-plus-random against full softmax "
         "and log-uniform in one run, after the dense head scoring: within 2% of full (-1.6%), 1.2% below "
