@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from benchmarks.datasets import add_dataset_arguments, check_dataset_arguments, prepare_dataset
 from benchmarks.output import command_line, emit_json, log
@@ -52,13 +51,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def head_cover(trainer: Trainer, batch: dict[str, np.ndarray], others: int | None) -> dict[str, Any]:
+def head_cover(trainer: Trainer, batch: dict[str, np.ndarray]) -> dict[str, Any]:
     """Distinct rows of the batch's mined heads and how likely the tail was to draw each head entry anyway."""
     assert trainer.miner is not None
-    ids = trainer.miner.peek(trainer.user_vectors(batch))
-    ids = ids[ids >= 0]
-    chance = trainer.loss_head.tail_draw_chance(tf.constant(ids, tf.int64), others).numpy()
-    distinct = np.unique(ids)
+    heads = trainer.miner.peek(trainer.user_vectors(batch))
+    chance = trainer.loss_head.head_draw_chance(heads)
+    distinct = np.unique(heads[heads >= 0])
     return {
         "distinct_head_rows": int(distinct.size),
         "median_head_id": float(np.median(distinct)),
@@ -78,7 +76,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg, loss="topk_random", tail_sampler=args.tail_sampler, warmup_steps=args.warmup, checkpoint_every=10**9
     )
     trainer = Trainer(data, model_cfg, cfg)
-    others = trainer.loss_head.label_draws(cfg.batch_size)
     epochs = itertools.chain.from_iterable(training_batches(data, cfg, epoch=e) for e in itertools.count())
     batches = with_next(epochs)
     checks: list[dict[str, Any]] = []
@@ -87,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             current, following = next(batches)
             trainer.step(step, current, following)
             if step in args.checks and trainer.miner is not None and trainer.miner.index is not None:
-                checks.append({"step": step, **head_cover(trainer, current, others)})
+                checks.append({"step": step, **head_cover(trainer, current)})
                 log(f"step {step}: {checks[-1]}")
     finally:
         trainer.close()

@@ -166,6 +166,16 @@ class LossHead:
             log_missed += tf.cast(others, tf.float64) * tf.math.log1p(-q)
         return tf.cast(-tf.math.expm1(log_missed), tf.float32)
 
+    def head_draw_chance(self, heads: np.ndarray) -> np.ndarray:
+        """Each entry of a batch's mined heads [B, K] (padding dropped): its chance to be among that step's tail draws.
+
+        What the head gate and benchmarks.head_cover read: a head the tail draws anyway adds little to the estimate.
+        """
+        ids = heads[heads >= 0]
+        if ids.size == 0:
+            return np.zeros(0, np.float32)
+        return self.tail_draw_chance(tf.constant(ids, tf.int64), self.label_draws(len(heads))).numpy()
+
     def _loguniform_tail(self, y: tf.Tensor, sampled: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """The log-uniform draws that are no label of the batch, and each one's chance to be drawn at all this step."""
         labels = tf.sort(tf.unique(tf.cast(tf.reshape(y, [-1]), tf.int64)).y)

@@ -202,11 +202,9 @@ class Trainer:
         tail draws almost surely are already estimated from the tail, so such a head costs a step's search, mining
         tower and re-scoring for little change in the estimate (benchmarks/head_cover.py measures this at 1M).
         """
-        ids = found[found >= 0]
-        others = self.loss_head.label_draws(len(found))
-        drawn = self.loss_head.tail_draw_chance(tf.constant(ids, tf.int64), others).numpy() if ids.size else None
-        miss = 1.0 - float(drawn.mean()) if drawn is not None else 0.0
         assert self.cfg.head_min_miss is not None
+        drawn = self.loss_head.head_draw_chance(found)
+        miss = 1.0 - float(drawn.mean()) if drawn.size else 0.0
         self._head_on = miss >= self.cfg.head_min_miss
         self.head_checks.append({"step": step, "mean_miss_chance": round(miss, 4), "head_on": self._head_on})
 
