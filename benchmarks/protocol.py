@@ -56,7 +56,7 @@ from training.data import Batch, ExampleSet, to_batch
 from training.evaluate import evaluate_run
 from training.train import Trainer
 
-CURVE_EXAMPLES = 2000  # test examples scored at each point of the budget mode's recall-against-time curve
+CURVE_EXAMPLES = 2000  # validation examples scored at each point of the budget mode's recall-against-time curve
 
 
 @dataclass
@@ -308,6 +308,12 @@ def run_protocol(
         if len(test["label"]) * n <= 5e8 and args.hide == "history":
             official = evaluate_run(run_dir, "test", exclude_history=args.exclude_history)["model"]
             entry["evaluate_run_agrees"] = all(abs(official[k] - mine[k]) < 1e-9 for k in METRIC_KEYS)
+        if args.exclude_history and args.hide == "earlier":
+            # Early stopping hides the example's own history; this scores the chosen run's validation under the run's
+            # rule too, so runs with different max_history compare on one protocol (same videos hidden).
+            val_scorer = two_tower_scorer(run_dir, validation)
+            val_ranks = label_ranks(val_scorer, validation["label"], validation_exclude, chunk)
+            entry["validation_earlier_hidden"] = metrics_from_ranks(val_ranks)
         out.meta["losses"][loss] = entry
         out.meta.setdefault("validation_popularity", {k: report["validation_popularity"][k] for k in METRIC_KEYS})
         log(
@@ -320,6 +326,9 @@ def run_protocol(
     out.ranks["popularity"] = label_ranks(popularity, test["label"], exclude, chunk)
     if share is not None:
         out.meta["topic_share@100"]["popularity"] = share(popularity)
+    if args.exclude_history and args.hide == "earlier":
+        val_ranks = label_ranks(popularity, validation["label"], validation_exclude, chunk)
+        out.meta["validation_popularity_earlier_hidden"] = metrics_from_ranks(val_ranks)
     if not args.skip_baselines:
         ranks, meta = run_baselines(
             prepared,
@@ -373,16 +382,18 @@ def run_budget_protocol(
         "hidden_per_test_example": hidden_per_example(exclude),
         "losses": {},
         "topic_share@100": {},
+        "curve_split": "validation",
     }
     log(f"{protocol}: {out.meta['examples']} examples, {n} videos in the vocabulary")
 
     def share(scorer: Scorer) -> float | None:
         return planted(scorer) if planted is not None else None
 
-    # The curve's checkpoints score a fixed subset of the test examples (the final figures use all of them).
-    subset = {k: v[:CURVE_EXAMPLES] for k, v in test.items()}
+    # The curve's checkpoints score the first validation examples, so that test is scored once, at the end.
+    curve_table = data.read("validation", CURVE_EXAMPLES)
+    subset = to_batch(curve_table, data.max_history, data.max_tokens)
     subset_exclude = subset["history"] if args.exclude_history else None
-    subset_planted = planted_share(prepared, data, test_table.slice(0, CURVE_EXAMPLES), subset_exclude, chunk)
+    subset_planted = planted_share(prepared, data, curve_table, subset_exclude, chunk)
 
     def checkpoint(trainer: Trainer) -> dict[str, float]:
         layer = trainer.model.output_layer

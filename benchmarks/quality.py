@@ -133,7 +133,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="history",
         help="with --exclude-history, what is hidden: the example's own history (at most the pipeline's max_history "
         "watches, what the service hides) or every video its user watched before the label; test and the baselines' "
-        "validation use the rule, the two-tower's early stopping keeps the history rule",
+        "validation use the rule, the two-tower's early stopping keeps the history rule (its chosen run is then also "
+        "scored on validation under the rule: validation_earlier_hidden)",
     )
     parser.add_argument("--skip-baselines", action="store_true", help="no ALS/BPR/EASE (the JSON then lacks them)")
     parser.add_argument(
@@ -147,8 +148,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--curve-points",
         type=int,
         default=6,
-        help="budget mode: test recall@100 (and planted-topic share) measured this many times during each loss's "
-        "budget, clock stopped, on the first 2,000 test examples (0: none)",
+        help="budget mode: validation recall@100 (and planted-topic share) measured this many times during each "
+        "loss's budget, clock stopped, on the first 2,000 validation examples (0: none; test is scored once, at the "
+        "end)",
     )
     parser.add_argument(
         "--tail-sampler",

@@ -385,8 +385,11 @@ def plot_training(protocol: str, losses: dict[str, Any], out: Path) -> bool:
     return True
 
 
-def plot_budget_curve(protocol: str, losses: dict[str, Any], out: Path) -> bool:
-    """Budget mode: test recall@100 and planted-topic share against training seconds per loss; False if no curve."""
+def plot_budget_curve(protocol: str, losses: dict[str, Any], out: Path, split: str = "validation") -> bool:
+    """Budget mode: recall@100 and planted-topic share against training seconds per loss; False if no curve.
+
+    `split` names the examples the curve scored (results written before the curve moved to validation used test).
+    """
     curves = {m: info["curve"] for m, info in losses.items() if isinstance(info, dict) and info.get("curve")}
     if not curves:
         return False
@@ -402,7 +405,7 @@ def plot_budget_curve(protocol: str, losses: dict[str, Any], out: Path) -> bool:
                     [p["seconds"] for p in points], [p[key] for p in points], marker="o", color=f"C{i}", label=method
                 )
         ax.set_xlabel("training seconds (evaluation excluded)")
-        ax.set_ylabel(f"test {key} (curve subset)")
+        ax.set_ylabel(f"{split} {key} (curve subset)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
     fig.suptitle(f"{PROTOCOL_NAMES.get(protocol, protocol)}: quality against wall-clock at an equal budget")
@@ -428,6 +431,8 @@ def format_table(protocol: str, metrics: dict[str, dict[str, float]], meta: dict
                 val = f"{info['validation_best']['recall@100']:.4f}"
                 chosen = ", ".join(f"{k}={v}" for k, v in info.get("chosen", {}).items())
                 note = f"{chosen + ', ' if chosen else ''}best epoch {info['best_epoch']}/{info['epochs_run']}"
+                if "validation_earlier_hidden" in info:
+                    note += f", val R@100 earlier hidden {info['validation_earlier_hidden']['recall@100']:.4f}"
             else:
                 note = f"{info['steps']} steps, {info['epochs']} epochs"
             secs = f"{info.get('wall_s', info.get('train_s')):.0f}"
@@ -439,6 +444,8 @@ def format_table(protocol: str, metrics: dict[str, dict[str, float]], meta: dict
                 note += " (no fold-in)"
         elif method == "popularity" and "validation_popularity" in meta:
             val = f"{meta['validation_popularity']['recall@100']:.4f}"
+            if "validation_popularity_earlier_hidden" in meta:
+                note = f"val R@100 earlier hidden {meta['validation_popularity_earlier_hidden']['recall@100']:.4f}"
         share = meta.get("topic_share@100", {}).get(method)
         if share is not None:
             note += f" topic share@100 {share:.3f}"
@@ -622,7 +629,8 @@ def write_quality_report(json_path: Path, out_dir: Path | None = None) -> list[P
         if plot_training(protocol, losses, training):
             written.append(training)
         budget_curve = out_dir / f"{json_path.stem}_budget_curve_{protocol}.png"
-        if plot_budget_curve(protocol, losses, budget_curve):
+        split = result["meta"].get("protocols", {}).get(protocol, {}).get("curve_split", "test")
+        if plot_budget_curve(protocol, losses, budget_curve, split):
             written.append(budget_curve)
     md = out_dir / f"{json_path.stem}.md"
     write_markdown(result, json_path, md, written)

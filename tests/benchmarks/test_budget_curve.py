@@ -22,6 +22,7 @@ def test_budget_mode_records_a_recall_curve_per_loss(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["quality", *argv])
     quality.main()
     result = json.loads(out.read_text())
+    assert result["meta"]["protocols"]["time_split"]["curve_split"] == "validation"  # test is scored once, at the end
     losses = result["meta"]["protocols"]["time_split"]["losses"]
     for loss in ("loguniform", "topk_random"):
         curve = losses[loss]["curve"]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.protocol import earlier_watches
+from benchmarks.quality import main as quality_main
 from pipelines.pipeline import run_pipeline
 from pipelines.sources import resolve_inputs
 from pipelines.synthetic import generate
@@ -65,3 +70,31 @@ def test_earlier_watches_of_an_unknown_user_hide_nothing(short_history: tuple[pa
     assert not (hidden[0] >= 0).any()
     assert (hidden[1] >= 0).any()
     assert np.array_equal(hidden[1], earlier_watches(events, data.features, test)[1][: hidden.shape[1]])
+
+
+def _quality_meta(tmp_path: Path, max_history: int) -> dict[str, Any]:
+    """benchmarks.quality on a tiny synthetic log, leave-last-out, whole earlier history hidden; the protocol's meta."""
+    out = tmp_path / f"h{max_history}"
+    argv = [
+        *("--dataset", "synthetic", "--videos", "150", "--users", "60", "--events", "1500"),
+        *("--protocols", "leave_last_out", "--losses", "loguniform", "--skip-baselines", "--epochs", "2"),
+        *("--learning-rates", "0.3", "--max-history", str(max_history), "--exclude-history", "--hide", "earlier"),
+        *("--workdir", str(out / "work"), "--json", str(out / "q.json")),
+    ]
+    quality_main(argv)
+    meta: dict[str, Any] = json.loads((out / "q.json").read_text())["meta"]["protocols"]["leave_last_out"]
+    return meta
+
+
+@pytest.mark.slow
+def test_hide_earlier_scores_the_chosen_run_on_validation_under_the_same_rule(tmp_path: Path) -> None:
+    # A window longer than any user's log: the example's history is its whole earlier history, so both rules agree.
+    whole = _quality_meta(tmp_path, 200)
+    run = whole["losses"]["loguniform"]
+    for key in ("recall@10", "recall@50", "recall@100", "map"):
+        assert run["validation_earlier_hidden"][key] == pytest.approx(run["validation_best"][key])
+        assert whole["validation_popularity_earlier_hidden"][key] == pytest.approx(whole["validation_popularity"][key])
+    # A 2-watch window: early stopping hides 2 watches, the rule every earlier one, so popularity's ranks move.
+    short = _quality_meta(tmp_path, 2)
+    assert short["validation_popularity_earlier_hidden"]["map"] != pytest.approx(short["validation_popularity"]["map"])
+    assert set(short["losses"]["loguniform"]["validation_earlier_hidden"]) >= {"recall@100", "map"}
