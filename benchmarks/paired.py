@@ -33,12 +33,13 @@ def _ref(text: str) -> tuple[Path, str]:
 
 def load_ranks(path: Path, protocol: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One quality run's per-example ranks by method, and its test-user groups, for a protocol."""
-    npz = np.load(ranks_file(path))
     prefix = f"{protocol}/"
-    ranks = {k[len(prefix) :]: npz[k] for k in npz.files if k.startswith(prefix)}
-    if not ranks or f"groups/{protocol}" not in npz.files:
+    with np.load(ranks_file(path)) as npz:
+        ranks = {k[len(prefix) :]: npz[k] for k in npz.files if k.startswith(prefix)}
+        groups = npz[f"groups/{protocol}"] if f"groups/{protocol}" in npz.files else None
+    if not ranks or groups is None:
         raise ValueError(f"{ranks_file(path)} has no ranks for protocol {protocol!r}")
-    return ranks, npz[f"groups/{protocol}"]
+    return ranks, groups
 
 
 def same_examples(a: tuple[dict[str, np.ndarray], np.ndarray], b: tuple[dict[str, np.ndarray], np.ndarray]) -> bool:
@@ -50,7 +51,7 @@ def same_examples(a: tuple[dict[str, np.ndarray], np.ndarray], b: tuple[dict[str
 
 
 def paired(a: tuple[Path, str], others: Sequence[tuple[Path, str]], protocol: str) -> dict[str, Any]:
-    """The paired bootstrap of method a against each other method, with both runs' test recall@100."""
+    """The paired user bootstrap of method a minus each other method, per metric, on the runs' shared examples."""
     runs = {p: load_ranks(p, protocol) for p in {a[0], *(o[0] for o in others)}}
     base = runs[a[0]]
     for path, run in runs.items():

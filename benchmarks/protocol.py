@@ -119,13 +119,18 @@ def earlier_watches(events: pa.Table, features: FeatureSpace, examples: pa.Table
     return out
 
 
+def hides_earlier(args: argparse.Namespace) -> bool:
+    """Whether the run hides every earlier watch of the user (--hide earlier), not just the example's own history."""
+    return bool(args.exclude_history and args.hide == "earlier")
+
+
 def exclusions(
     prepared: Prepared, data: ExampleSet, table: pa.Table, batch: Batch, args: argparse.Namespace
 ) -> np.ndarray | None:
     """What a split hides under the run's rule: nothing, the example's own history, or every earlier watch."""
     if not args.exclude_history:
         return None
-    if args.hide == "earlier":
+    if hides_earlier(args):
         return earlier_watches(prepared.events, data.features, table)
     return batch["history"]
 
@@ -308,7 +313,7 @@ def run_protocol(
         if len(test["label"]) * n <= 5e8 and args.hide == "history":
             official = evaluate_run(run_dir, "test", exclude_history=args.exclude_history)["model"]
             entry["evaluate_run_agrees"] = all(abs(official[k] - mine[k]) < 1e-9 for k in METRIC_KEYS)
-        if args.exclude_history and args.hide == "earlier":
+        if hides_earlier(args):
             # Early stopping hides the example's own history; this scores the chosen run's validation under the run's
             # rule too, so runs with different max_history compare on one protocol (same videos hidden).
             val_scorer = two_tower_scorer(run_dir, validation)
@@ -326,7 +331,7 @@ def run_protocol(
     out.ranks["popularity"] = label_ranks(popularity, test["label"], exclude, chunk)
     if share is not None:
         out.meta["topic_share@100"]["popularity"] = share(popularity)
-    if args.exclude_history and args.hide == "earlier":
+    if hides_earlier(args):
         val_ranks = label_ranks(popularity, validation["label"], validation_exclude, chunk)
         out.meta["validation_popularity_earlier_hidden"] = metrics_from_ranks(val_ranks)
     if not args.skip_baselines:

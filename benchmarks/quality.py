@@ -73,7 +73,7 @@ from benchmarks.datasets import (
     prepare_dataset,
 )
 from benchmarks.output import command_line, log, ranks_file, write_json
-from benchmarks.protocol import ProtocolRun, run_budget_protocol, run_protocol
+from benchmarks.protocol import ProtocolRun, hides_earlier, run_budget_protocol, run_protocol
 from benchmarks.report import format_deepmatch, format_table, write_report
 from benchmarks.schema import COMPARE_METRICS, LOSSES, METHODS, PROTOCOLS, SAMPLED_LOSSES, shape_results
 from benchmarks.targets import BOOT_SEED, N_BOOT, add_intervals
@@ -302,9 +302,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "command": command_line("benchmarks.quality", argv),
         "runtime_s": round(runtime, 1),
         "exclude_history": args.exclude_history,
-        "evaluation": EARLIER_RULE
-        if args.exclude_history and args.hide == "earlier"
-        else exclusion_protocol(args.exclude_history),
+        "evaluation": EARLIER_RULE if hides_earlier(args) else exclusion_protocol(args.exclude_history),
         "hide": args.hide if args.exclude_history else None,
         "metrics": "test split, full catalogue, exact scores, tie-averaged ranks (recsys.metrics.label_ranks)",
         "selection": "two-tower: per loss, the grid point and its best epoch by validation recall@100 (early "

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.output import ranks_file
 from benchmarks.paired import main, paired
 
 
@@ -15,7 +16,7 @@ def _run(path: Path, ranks: dict[str, np.ndarray], groups: np.ndarray) -> Path:
     """A quality result JSON and its ranks file for protocol time_split."""
     path.write_text("{}")
     arrays = {f"time_split/{m}": r for m, r in ranks.items()} | {"groups/time_split": groups}
-    np.savez(path.with_name(path.stem + ".ranks.npz"), **arrays)
+    np.savez(ranks_file(path), **arrays)
     return path
 
 
