@@ -153,6 +153,62 @@ def planted_section(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def budget_curves(result: dict[str, Any], protocol: str) -> dict[str, list[dict[str, float]]]:
+    """Budget mode's quality-against-time points per loss of one protocol ({} for a result without them)."""
+    return curves_of(result["meta"].get("protocols", {}).get(protocol, {}).get("losses", {}))
+
+
+def curves_of(losses: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
+    """The losses that recorded a quality-against-time curve, with their points."""
+    return {m: info["curve"] for m, info in losses.items() if isinstance(info, dict) and info.get("curve")}
+
+
+def at_steps(curve: Sequence[dict[str, float]], steps: float, key: str = "recall@100") -> float | None:
+    """A curve's `key` linearly interpolated at a step count; None outside the steps it measured."""
+    points = [(p["steps"], p[key]) for p in curve if key in p]
+    if not points or not points[0][0] <= steps <= points[-1][0]:
+        return None
+    return float(np.interp(steps, [s for s, _ in points], [v for _, v in points]))
+
+
+def equal_steps_section(result: dict[str, Any], base: str = "topk_random") -> list[str]:
+    """Budget mode: each loss's curve read at the estimator's step counts, so a gap in time splits into
+    'slower per step' and 'worse per step' ([] without curves)."""
+    tables: list[str] = []
+    for protocol in protocols_of(result):
+        curves = budget_curves(result, protocol)
+        if base not in curves or len(curves) < 2:
+            continue
+        split = result["meta"].get("protocols", {}).get(protocol, {}).get("curve_split", "test")
+        others = [m for m in LOSSES if m in curves and m != base]
+        tables += [
+            "",
+            f"### {PROTOCOL_NAMES.get(protocol, protocol)} ({split} recall@100 of the curve subset)",
+            "",
+            f"| {base} steps | seconds | {base} | " + " | ".join(f"{m} at the same steps" for m in others) + " |",
+            "|---|---|---|" + "---|" * len(others),
+        ]
+        for point in curves[base]:
+            cells = []
+            for m in others:
+                value = at_steps(curves[m], point["steps"])
+                cells.append("—" if value is None else f"{value:.4f} ({point['recall@100'] - value:+.4f})")
+            tables.append(
+                f"| {point['steps']} | {point['seconds']} | {point['recall@100']:.4f} | " + " | ".join(cells) + " |"
+            )
+    if not tables:
+        return []
+    return [
+        "## Equal steps",
+        "",
+        f"The budget curves read at {base}'s step counts: every other loss's recall@100 linearly interpolated "
+        f"between its own curve points at the same number of training steps (— outside the steps it measured), and "
+        f"in brackets {base}'s lead. Equal seconds favour the cheaper step; equal steps show whether a loss also "
+        "learns more per step. The curve subset is small, so differences of about a point are within its noise.",
+        *tables,
+    ]
+
+
 def protocols_section(result: dict[str, Any]) -> list[str]:
     """The protocols as run: time-split boundaries, the leave-last-out tie rule, example and user counts."""
     meta = result["meta"]
@@ -296,6 +352,9 @@ def write_markdown(result: dict[str, Any], json_path: Path, out: Path, plots: Se
     planted = planted_section(result)
     if planted:
         lines += ["", *planted]
+    equal_steps = equal_steps_section(result)
+    if equal_steps:
+        lines += ["", *equal_steps]
     lines += ["", *protocols_section(result), "", "## Plots", ""]
     lines += [f"- `{p.name}`" for p in plots]
     lines += ["", *regenerate_section(meta.get("command", ""), json_path)]
@@ -386,29 +445,30 @@ def plot_training(protocol: str, losses: dict[str, Any], out: Path) -> bool:
 
 
 def plot_budget_curve(protocol: str, losses: dict[str, Any], out: Path, split: str = "validation") -> bool:
-    """Budget mode: recall@100 and planted-topic share against training seconds per loss; False if no curve.
+    """Budget mode: recall@100 and planted-topic share against training seconds and steps per loss; False if no curve.
 
     `split` names the examples the curve scored (results written before the curve moved to validation used test).
     """
-    curves = {m: info["curve"] for m, info in losses.items() if isinstance(info, dict) and info.get("curve")}
+    curves = curves_of(losses)
     if not curves:
         return False
     shares = any("topic_share@100" in p for c in curves.values() for p in c)
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2 if shares else 1, figsize=(12 if shares else 7, 4.5), squeeze=False)
     keys = ["recall@100", "topic_share@100"] if shares else ["recall@100"]
-    for ax, key in zip(axes[0], keys, strict=True):
-        for i, method in enumerate(LOSSES):
-            if method in curves:
-                points = [p for p in curves[method] if key in p]
-                ax.plot(
-                    [p["seconds"] for p in points], [p[key] for p in points], marker="o", color=f"C{i}", label=method
-                )
-        ax.set_xlabel("training seconds (evaluation excluded)")
-        ax.set_ylabel(f"{split} {key} (curve subset)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=9)
-    fig.suptitle(f"{PROTOCOL_NAMES.get(protocol, protocol)}: quality against wall-clock at an equal budget")
+    # Top row against seconds (what the budget equalises), bottom row against steps (what each step learns).
+    xs = [("seconds", "training seconds (evaluation excluded)"), ("steps", "training steps")]
+    fig, axes = plt.subplots(2, len(keys), figsize=(12 if shares else 7, 8.5), squeeze=False)
+    for row, (x, xlabel) in enumerate(xs):
+        for ax, key in zip(axes[row], keys, strict=True):
+            for i, method in enumerate(LOSSES):
+                if method in curves:
+                    points = [p for p in curves[method] if key in p and x in p]
+                    ax.plot([p[x] for p in points], [p[key] for p in points], marker="o", color=f"C{i}", label=method)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{split} {key} (curve subset)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=9)
+    fig.suptitle(f"{PROTOCOL_NAMES.get(protocol, protocol)}: quality against wall-clock and steps at an equal budget")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

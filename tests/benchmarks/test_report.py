@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.output import ranks_file
 from benchmarks.protocol import ProtocolRun
-from benchmarks.report import recall_curves, tie_rule, write_report
+from benchmarks.report import at_steps, equal_steps_section, recall_curves, tie_rule, write_report
 from benchmarks.schema import METHODS, shape_results
 from benchmarks.targets import add_intervals
 from recsys.metrics import metrics_from_ranks
@@ -119,3 +119,39 @@ def test_budget_mode_result_without_epoch_histories_gets_a_report_and_no_trainin
     written = write_report(path)
     assert written and all(p.exists() for p in written)
     assert not any("training" in p.name for p in written)
+
+
+def test_at_steps_interpolates_inside_the_measured_steps_only():
+    curve = [{"steps": 100, "recall@100": 0.1}, {"steps": 300, "recall@100": 0.3}]
+    assert at_steps(curve, 200) == pytest.approx(0.2)
+    assert at_steps(curve, 100) == pytest.approx(0.1)
+    assert at_steps(curve, 50) is None and at_steps(curve, 301) is None
+    assert at_steps([], 100) is None
+
+
+def test_budget_report_reads_every_loss_at_the_estimators_steps(tmp_path):
+    path = fake_result(tmp_path)
+    result = json.loads(path.read_text())
+    curves = {  # loguniform twice as fast per second, equal per step: the table must show a lead of 0 at equal steps
+        "topk_random": [
+            {"seconds": 10.0, "steps": 100, "recall@100": 0.2},
+            {"seconds": 20.0, "steps": 200, "recall@100": 0.3},
+        ],
+        "loguniform": [
+            {"seconds": 10.0, "steps": 200, "recall@100": 0.3},
+            {"seconds": 20.0, "steps": 400, "recall@100": 0.4},
+        ],
+    }
+    for protocol in PROTOCOLS:
+        result["meta"]["protocols"][protocol]["losses"] = {
+            m: {"steps": c[-1]["steps"], "train_s": 20.0, "curve": c} for m, c in curves.items()
+        }
+    result["meta"]["protocols"]["time_split"]["curve_split"] = "validation"
+    path.write_text(json.dumps(result))
+    written = write_report(path)
+    md = (tmp_path / "quality_fake.md").read_text()
+    assert "## Equal steps" in md and "### time split (validation recall@100" in md
+    assert "| 100 | 10.0 | 0.2000 | — |" in md  # loguniform's curve starts at 200 steps
+    assert "| 200 | 20.0 | 0.3000 | 0.3000 (+0.0000) |" in md
+    assert any(p.name.endswith("_budget_curve_time_split.png") for p in written)
+    assert equal_steps_section({"meta": {"protocols": {}}, "time_split": {}}) == []
