@@ -139,8 +139,8 @@ class TrainConfig(_Section):
         0.95,
         gt=0,
         le=1,
-        description="after each index build, nprobe := the smallest power of two whose top-K holds this share of "
-        "the exact top-K on live queries (None: keep nprobe)",
+        description="after each index build, nprobe := the smallest value (doubling, then bisection) whose top-K "
+        "holds this share of the exact top-K on live queries (None: keep nprobe)",
     )
     index_max_nprobe: int = Field(64, ge=1, description="the tuning never probes more lists (bounds a step's cost)")
     refresh_drift: float | None = Field(

@@ -19,7 +19,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -563,10 +563,8 @@ class VideoIndex:
     def tune(self, user_vectors: np.ndarray, target_recall: float = 0.95, k: int = 100) -> dict[str, Any]:
         """The smallest nprobe (IVF) or efSearch (HNSW) whose recall@k on these queries reaches the target.
 
-        A doubling schedule brackets it, then bisection between the last value that missed and the first that
-        reached it finds the smallest, to within 1/8 of the missed value (the doubling alone overshoots by up to
-        2x, and the search costs about linearly in nprobe: at 1M videos nprobe 4 missed 0.95 by 0.0015 and
-        doubling took 8). Keeps that value (or the largest tried, with ``reached`` false) and returns every value
+        ``smallest_reaching`` over a doubling schedule (at 1M videos nprobe 4 missed 0.95 by 0.0015 and doubling
+        alone took 8). Keeps that value (or the largest tried, with ``reached`` false) and returns every value
         tried. Exact indexes just report their recall.
         """
         t0 = time.perf_counter()
@@ -574,8 +572,7 @@ class VideoIndex:
         truth, _ = exact_topk(augment_queries(u), augment_items(self.embeddings, self.bias), k)
         name = self.tunable_parameter
         if name == "nprobe":
-            top = self.nlist or 1
-            schedule = sorted({min(2**i, top) for i in range(int(math.log2(top)) + 2)})
+            schedule = doubling_schedule(self.nlist or 1)
         elif name == "efSearch":
             start = max(_EFSEARCH_START, 1 << (k - 1).bit_length())
             schedule = [start << i for i in range(32) if start << i <= _EFSEARCH_MAX] or [start]
@@ -591,23 +588,9 @@ class VideoIndex:
             tried.append({name or "exact": value, "recall": round(measured, 4)})
             return measured
 
-        recall, missed = 0.0, 0
-        for value in schedule:
-            recall = measure(value)
-            if recall >= target_recall:
-                break
-            missed = value
-        if name is not None and recall >= target_recall and missed > 0:
-            low, high, best = missed, int(self.params[name]), recall  # low missed, high reached
-            while high - low > max(1, low // 8):  # to 1 for nprobe's small values, ~12% for efSearch's large ones
-                middle = (low + high) // 2
-                reached = measure(middle)
-                if reached >= target_recall:
-                    high, best = middle, reached
-                else:
-                    low = middle
-            self.set_params(**{name: high})
-            recall = best
+        value, recall = smallest_reaching(measure, schedule, target_recall)
+        if name is not None:
+            self.set_params(**{name: value})
         if recall < target_recall:
             log.warning("index %s reached recall@%d %.3f < target %.3f", self.spec, k, recall, target_recall)
         return {
@@ -621,6 +604,41 @@ class VideoIndex:
             "tried": tried,
             "seconds": round(time.perf_counter() - t0, 3),
         }
+
+
+def doubling_schedule(top: int) -> list[int]:
+    """1, 2, 4, ... up to and including ``top``: the values a search-width tuning brackets its target with."""
+    top = max(int(top), 1)
+    return sorted({min(2**i, top) for i in range(int(math.log2(top)) + 2)})
+
+
+def smallest_reaching(measure: Callable[[int], float], schedule: Sequence[int], target: float) -> tuple[int, float]:
+    """The smallest search width whose measured recall reaches ``target`` (recall grows with the width).
+
+    The schedule (increasing, usually doubling) brackets it; bisection between the last value that missed and the
+    first that reached it then narrows it to within 1/8 of the missed value (to 1 for small widths), since doubling
+    alone overshoots by up to 2x and a search costs about linearly in the width. Returns the value and its recall;
+    when no value reaches the target, the last one tried and its recall. ``measure`` is called once per value.
+    """
+    if not schedule:
+        raise ValueError("an empty schedule")
+    recall, missed, value = 0.0, 0, schedule[0]
+    for value in schedule:
+        recall = measure(value)
+        if recall >= target:
+            break
+        missed = value
+    if recall < target or missed == 0:
+        return value, recall
+    low, high, best = missed, value, recall  # low missed, high reached
+    while high - low > max(1, low // 8):
+        middle = (low + high) // 2
+        reached = measure(middle)
+        if reached >= target:
+            high, best = middle, reached
+        else:
+            low = middle
+    return high, best
 
 
 def _training_sample(items: np.ndarray, ivf: Any | None, per_centroid: int, seed: int) -> np.ndarray:

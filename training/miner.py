@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from recsys.config import TrainConfig
-from recsys.index import clone_to_gpus, ivf_nlist, set_nprobe
+from recsys.index import clone_to_gpus, doubling_schedule, ivf_nlist, set_nprobe, smallest_reaching
 from recsys.softmax import candidate_logits
 from recsys.sparse_optim import tf_variable
 
@@ -469,11 +469,12 @@ class NegativeMiner:
         return self.finish(queries, self.fetch(queries, k_prime, k), k, mark=False)
 
     def tune_nprobe(self, u: Any, sample: int = 128) -> int:
-        """Set nprobe to the smallest power of two whose re-scored top-K holds target_recall of the exact top-K.
+        """Set nprobe to the smallest value whose re-scored top-K holds target_recall of the exact top-K.
 
         Measured on up to ``sample`` of these live queries against an exact scan of the current table (O(sample·n·d),
-        once per check). If no value up to max_nprobe reaches the target, max_nprobe is kept and a warning logged:
-        the training diagnostics' index recall then shows the shortfall.
+        once per check), by ``recsys.index.smallest_reaching`` over 1, 2, 4, ... up to max_nprobe (the search is
+        about half a 1M step, and doubling alone overshoots by up to 2x). If no value reaches the target, max_nprobe
+        is kept and a warning logged: the training diagnostics' index recall then shows the shortfall.
         """
         self._tune_pending = False
         ivf = self._ivf()
@@ -481,18 +482,21 @@ class NegativeMiner:
             return self.nprobe
         queries = self._sample_queries(u, sample)
         exact = self.exact_topk(queries, self.k)
+        index_queries = self._queries(queries)
         tried: dict[int, float] = {}
-        nprobe = 1
-        while True:
+
+        def measure(nprobe: int) -> float:
             ivf.nprobe = nprobe
-            tried[nprobe] = _recall(exact, self._search(self._queries(queries), self.k, self.k_prime))
-            if tried[nprobe] >= self.target_recall or nprobe >= min(int(ivf.nlist), self.max_nprobe):
-                break
-            nprobe *= 2
-        if tried[nprobe] < self.target_recall:
-            log.warning("nprobe %d reaches recall %.3f < target %.3f", nprobe, tried[nprobe], self.target_recall)
+            tried[nprobe] = _recall(exact, self._search(index_queries, self.k, self.k_prime))
+            return tried[nprobe]
+
+        schedule = doubling_schedule(min(int(ivf.nlist), self.max_nprobe))
+        nprobe, recall = smallest_reaching(measure, schedule, self.target_recall)
+        ivf.nprobe = nprobe
+        if recall < self.target_recall:
+            log.warning("nprobe %d reaches recall %.3f < target %.3f", nprobe, recall, self.target_recall)
         self.nprobe = nprobe
-        self.tuning = {"nprobe": nprobe, "recall": tried[nprobe], "tried": tried, "queries": len(queries)}
+        self.tuning = {"nprobe": nprobe, "recall": recall, "tried": tried, "queries": len(queries)}
         return nprobe
 
     def _search_work(self, n_queries: int) -> float:

@@ -15,12 +15,14 @@ from recsys.index import (
     augment_queries,
     clone_to_gpus,
     default_spec,
+    doubling_schedule,
     factory_string,
     ivf_nlist,
     mixture_queries,
     read_index,
     recall_at_k,
     set_nprobe,
+    smallest_reaching,
 )
 
 
@@ -275,3 +277,22 @@ def test_no_gpu_clone_on_a_cpu_machine() -> None:
     if faiss.get_num_gpus() > 0:
         pytest.skip("this machine has a GPU")
     assert clone_to_gpus(faiss.IndexFlatIP(4)) is None
+
+
+def test_smallest_reaching_brackets_then_bisects_and_measures_each_value_once():
+    calls: list[int] = []
+
+    def measure(width: int) -> float:  # recall rises with the width and first reaches 0.95 at 37
+        calls.append(width)
+        return min(1.0, 0.6 + 0.35 * width / 37)
+
+    value, recall = smallest_reaching(measure, doubling_schedule(128), 0.95)
+    assert calls[:7] == [1, 2, 4, 8, 16, 32, 64]  # the doubling brackets it between 32 and 64
+    assert recall == measure(value) >= 0.95 and 37 <= value <= 37 + 37 // 8  # within 1/8 of the true 37
+    assert len(calls) == len(set(calls)) + 1  # each value once (the +1 is the call in the assert above)
+    # Reached at once: no bisection. Never reached: the last value and its recall.
+    assert smallest_reaching(lambda w: 0.99, [1, 2, 4], 0.95) == (1, 0.99)
+    assert smallest_reaching(lambda w: w / 100, [1, 2, 4], 0.95) == (4, 0.04)
+    assert doubling_schedule(48) == [1, 2, 4, 8, 16, 32, 48] and doubling_schedule(1) == [1]
+    with pytest.raises(ValueError):
+        smallest_reaching(measure, [], 0.95)
