@@ -5,7 +5,8 @@
 For a quality result, writes beside the JSON, named after its stem (`quality_ml100k.json` -> `quality_ml100k.md`,
 ...): `<stem>.md` (a summary generated from the numbers, one table per protocol with 95% user-bootstrap intervals
 and the hyperparameters validation chose from which grid, the paired comparisons of topk_random against every other
-method with raw and Holm-adjusted p-values, the protocols and the regenerating command),
+method with raw and Holm-adjusted p-values, in budget mode the Equal steps table, the protocols and the regenerating
+command),
 `<stem>_recall_curve_<protocol>.png` (Recall@K for K = 1..100 with bootstrap bands) and, where the JSON holds the
 per-epoch validation history, `<stem>_training_<protocol>.png`. For a seed-spread or sweep result, `<stem>.md` with
 its tables and a summary generated from them. Also the tables `benchmarks.quality` prints when it finishes.
@@ -204,7 +205,7 @@ def equal_steps_section(result: dict[str, Any], base: str = "topk_random") -> li
         f"The budget curves read at {base}'s step counts: every other loss's recall@100 linearly interpolated "
         f"between its own curve points at the same number of training steps (— outside the steps it measured), and "
         f"in brackets {base}'s lead. Equal seconds favour the cheaper step; equal steps show whether a loss also "
-        "learns more per step. The curve subset is small, so differences of about a point are within its noise.",
+        "learns more per step. The curve subset is small, so differences of about 0.01 are within its noise.",
         *tables,
     ]
 
