@@ -159,6 +159,11 @@ def budget_curves(result: dict[str, Any], protocol: str) -> dict[str, list[dict[
     return curves_of(result["meta"].get("protocols", {}).get(protocol, {}).get("losses", {}))
 
 
+def curve_split(result: dict[str, Any], protocol: str) -> str:
+    """The split budget mode's curve scored: recorded since it moved to validation, else test (older results)."""
+    return str(result["meta"].get("protocols", {}).get(protocol, {}).get("curve_split", "test"))
+
+
 def curves_of(losses: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
     """The losses that recorded a quality-against-time curve, with their points."""
     return {m: info["curve"] for m, info in losses.items() if isinstance(info, dict) and info.get("curve")}
@@ -180,7 +185,7 @@ def equal_steps_section(result: dict[str, Any], base: str = "topk_random") -> li
         curves = budget_curves(result, protocol)
         if base not in curves or len(curves) < 2:
             continue
-        split = result["meta"].get("protocols", {}).get(protocol, {}).get("curve_split", "test")
+        split = curve_split(result, protocol)
         others = [m for m in LOSSES if m in curves and m != base]
         tables += [
             "",
@@ -690,8 +695,7 @@ def write_quality_report(json_path: Path, out_dir: Path | None = None) -> list[P
         if plot_training(protocol, losses, training):
             written.append(training)
         budget_curve = out_dir / f"{json_path.stem}_budget_curve_{protocol}.png"
-        split = result["meta"].get("protocols", {}).get(protocol, {}).get("curve_split", "test")
-        if plot_budget_curve(protocol, losses, budget_curve, split):
+        if plot_budget_curve(protocol, losses, budget_curve, curve_split(result, protocol)):
             written.append(budget_curve)
     md = out_dir / f"{json_path.stem}.md"
     write_markdown(result, json_path, md, written)
