@@ -64,6 +64,14 @@ def paired(a: tuple[Path, str], others: Sequence[tuple[Path, str]], protocol: st
     return {pair: {m: by_metric[m] for m in METRICS} for pair, by_metric in result.items()}
 
 
+def pair_line(pair: str, recall: dict[str, Any]) -> str:
+    """One pair's recall@100 difference, paired interval and p-value, as the command and the results index print it."""
+    return (
+        f"{pair}: recall@100 {recall['mean_diff']:+.4f}, 95% interval [{recall['low']:+.4f}, {recall['high']:+.4f}], "
+        f"p {recall['p_value']:.3f}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: print each pair's recall@100 difference and interval; write them all to --json."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,9 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = paired(args.a, args.b, args.protocol)
     for pair, by_metric in result.items():
-        r = by_metric["recall@100"]
-        interval = f"95% CI [{r['low']:+.4f}, {r['high']:+.4f}]"
-        log(f"{pair}: recall@100 {r['mean_diff']:+.4f}, {interval}, p {r['p_value']:.3f}")
+        log(pair_line(pair, by_metric["recall@100"]))
     write_json({"command": command_line("benchmarks.paired", argv), "protocol": args.protocol, **result}, args.json)
 
 

@@ -46,7 +46,7 @@ from benchmarks.output import log
 from benchmarks.schema import METRIC_KEYS
 from benchmarks.targets import check_targets
 from benchmarks.topics import planted_share
-from benchmarks.two_tower import score_chunk, train_for_budget, tune_loss, two_tower_scorer
+from benchmarks.two_tower import score_chunk, train_for_budget, tune_loss, two_tower_scorers
 from pipelines.transform import leave_last_out_window_end, to_us
 from recsys.config import ModelConfig, TrainConfig, with_overrides
 from recsys.features import FeatureSpace
@@ -304,7 +304,8 @@ def run_protocol(
         shutil.rmtree(runs_dir, ignore_errors=True)
         loss_cfg = with_overrides(train_cfg, loss=loss)
         run_dir, entry, report = tune_loss(examples, runs_dir, model_cfg, loss_cfg, axes, args)
-        scorer = two_tower_scorer(run_dir, test)
+        # Under --hide earlier the chosen run is also scored on validation under the run's rule (below).
+        scorer, *validation_scorer = two_tower_scorers(run_dir, [test, validation] if hides_earlier(args) else [test])
         out.ranks[loss] = label_ranks(scorer, test["label"], exclude, chunk)
         if share is not None:
             out.meta["topic_share@100"][loss] = share(scorer)
@@ -313,11 +314,10 @@ def run_protocol(
         if len(test["label"]) * n <= 5e8 and args.hide == "history":
             official = evaluate_run(run_dir, "test", exclude_history=args.exclude_history)["model"]
             entry["evaluate_run_agrees"] = all(abs(official[k] - mine[k]) < 1e-9 for k in METRIC_KEYS)
-        if hides_earlier(args):
+        if validation_scorer:
             # Early stopping hides the example's own history; this scores the chosen run's validation under the run's
             # rule too, so runs with different max_history compare on one protocol (same videos hidden).
-            val_scorer = two_tower_scorer(run_dir, validation)
-            val_ranks = label_ranks(val_scorer, validation["label"], validation_exclude, chunk)
+            val_ranks = label_ranks(validation_scorer[0], validation["label"], validation_exclude, chunk)
             entry["validation_earlier_hidden"] = metrics_from_ranks(val_ranks)
         out.meta["losses"][loss] = entry
         out.meta.setdefault("validation_popularity", {k: report["validation_popularity"][k] for k in METRIC_KEYS})

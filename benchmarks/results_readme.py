@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.paired import pair_line
 from benchmarks.schema import PROTOCOL_NAMES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -552,15 +553,7 @@ def _head_cover(r: dict[str, Any]) -> list[str]:
 
 def _paired(r: dict[str, Any]) -> list[str]:
     """Per pair: the recall@100 difference and its paired interval."""
-    lines = []
-    for pair, by_metric in r.items():
-        if isinstance(by_metric, dict) and "recall@100" in by_metric:
-            c = by_metric["recall@100"]
-            lines.append(
-                f"{pair}: recall@100 {c['mean_diff']:+.4f}, 95% interval [{c['low']:+.4f}, {c['high']:+.4f}], "
-                f"p {c['p_value']:.3f}"
-            )
-    return lines
+    return [pair_line(pair, m["recall@100"]) for pair, m in r.items() if isinstance(m, dict) and "recall@100" in m]
 
 
 def _index_line(name: str, r: dict[str, Any]) -> str:

@@ -118,12 +118,16 @@ def score_chunk(n_videos: int) -> int:
     return int(max(8, min(1024, (1 << 26) // max(n_videos, 1))))
 
 
+def two_tower_scorers(run_dir: Path, batches: Sequence[Batch]) -> list[Scorer]:
+    """Exact full-catalogue scores of a finished run's best epoch for each batch's examples (the run loaded once)."""
+    _, model = load_run(run_dir)
+    embeddings, bias = np.load(run_dir / RUN_EMBEDDINGS_FILE), np.load(run_dir / RUN_BIAS_FILE)
+    return [dot_scorer(user_vectors(model, batch), embeddings, bias) for batch in batches]
+
+
 def two_tower_scorer(run_dir: Path, batch: Batch) -> Scorer:
     """Exact full-catalogue scores of a finished run's best epoch for the batch's examples."""
-    _, model = load_run(run_dir)
-    return dot_scorer(
-        user_vectors(model, batch), np.load(run_dir / RUN_EMBEDDINGS_FILE), np.load(run_dir / RUN_BIAS_FILE)
-    )
+    return two_tower_scorers(run_dir, [batch])[0]
 
 
 def score_two_tower(run_dir: Path, batch: Batch, exclude: np.ndarray | None, chunk: int) -> np.ndarray:
