@@ -76,7 +76,8 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"with --dataset synthetic: the number of events (default {SYNTHETIC_EVENTS}; {BIG_EVENTS} from "
         f"{BIG_CATALOGUE} videos); otherwise a watch log PATH in the project's contract (user_id, video_id, ts: a "
         "Parquet, CSV or Arrow file, a directory of Parquet files, or a directory with events.* and optional "
-        "searches/users/videos tables, as `recsys pipeline --events` reads it), which selects --dataset events",
+        "searches/users/videos tables), or a .txt (.txt.gz) sequence log of `USER ITEM ITEM ...` or `USER ITEM` "
+        "lines in time order, as `recsys pipeline --events` reads it; it selects --dataset events",
     )
 
 
@@ -247,18 +248,24 @@ def prepare_synthetic(
 def prepare_events(
     path: Path, work: Path, protocols: Sequence[str], pipeline: dict[str, Any] | None = None
 ) -> Prepared:
-    """A watch log of the project's contract (as `recsys pipeline --events` takes it) and its examples per protocol.
+    """A watch log (the contract's, or a sequence log, as `recsys pipeline --events` takes it) and its examples.
 
     The baselines' copy of the log holds the watches the pipeline's validation keeps (`pipelines.validate`);
     the examples are cached like the other datasets', keyed also on the input files' sizes and times.
     """
     inputs = check_events_log(path)
-    tag = re.sub(r"[^A-Za-z0-9_.-]", "_", path.resolve().stem) or "log"
+    name = events_name(path)
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]  # two logs of one name never collide
-    prepared = Prepared(name=f"events-{tag}", kind="events", events=read_watches(inputs), examples={})
-    prefix = work / f"examples-events-{tag}-{digest}"
+    prepared = Prepared(name=name, kind="events", events=read_watches(inputs), examples={})
+    prefix = work / f"examples-{name}-{digest}"
     _add_examples(prepared, path, prefix, protocols, pipeline, _file_stamps(inputs))
     return prepared
+
+
+def events_name(path: Path) -> str:
+    """A log's dataset name, safe in file names: `events-` and its name less extension and `.gz` (events-Beauty)."""
+    stem = Path(path.resolve().name.removesuffix(".gz")).stem
+    return "events-" + (re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "log")
 
 
 def read_watches(inputs: Inputs) -> pa.Table:

@@ -60,11 +60,24 @@ def movielens(
 
 def pipeline(
     ctx: typer.Context,
-    events: Annotated[Path, typer.Option(help="watch log: a file, a directory from `generate`, or a MovieLens zip")],
+    events: Annotated[
+        Path,
+        typer.Option(
+            help="watch log: a Parquet, CSV or Arrow file, a directory from `generate`, a MovieLens zip, or a .txt "
+            "(.txt.gz) sequence log of `USER ITEM ITEM ...` or `USER ITEM` lines in time order (position = days)"
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="output directory")],
     searches: Annotated[Path | None, typer.Option(help="search events table")] = None,
     users: Annotated[Path | None, typer.Option(help="users table")] = None,
     engine: Annotated[str | None, typer.Option(help="local (default) or spark")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="time (default: global label-time windows) or leave_last_out (each user's last watch is test, "
+            "the one before it validation)"
+        ),
+    ] = None,
     validation_start: Annotated[datetime | None, typer.Option(help="labels from here on are validation (UTC)")] = None,
     test_start: Annotated[datetime | None, typer.Option(help="labels from here on are test (UTC)")] = None,
     validation_days: Annotated[float | None, typer.Option(help="default validation length in days")] = None,
@@ -82,6 +95,7 @@ def pipeline(
     cfg = with_overrides(
         settings_from(ctx).pipeline,
         engine=engine,
+        split=split,
         validation_start=_utc(validation_start),
         test_start=_utc(test_start),
         validation_days=validation_days,

@@ -1,4 +1,4 @@
-"""Readers for watch logs and side tables (Parquet, CSV, Arrow IPC, directories, MovieLens zips)."""
+"""Readers for watch logs and side tables (Parquet, CSV, Arrow IPC, sequence text, directories, MovieLens zips)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pyarrow.dataset as ds
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from pipelines.sequences import SEQUENCE_SCHEMA, SEQUENCE_SUFFIXES, sequence_batches
 from recsys.errors import InputError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -61,7 +62,7 @@ def resolve_inputs(
 
 
 def format_of(path: Path) -> str:
-    """The reader a path needs (parquet, csv, arrow or dataset), from its extension."""
+    """The reader a path needs (parquet, csv, arrow, sequence or dataset), from its extension."""
     name = path.name.lower()
     if path.is_dir():
         return "dataset"
@@ -71,9 +72,11 @@ def format_of(path: Path) -> str:
         return "csv"
     if name.endswith(ARROW_SUFFIXES):
         return "arrow"
+    if name.endswith(SEQUENCE_SUFFIXES):
+        return "sequence"
+    known = PARQUET_SUFFIXES + CSV_SUFFIXES + ARROW_SUFFIXES + SEQUENCE_SUFFIXES
     raise InputError(
-        f"{path}: unknown file type (expected one of {PARQUET_SUFFIXES + CSV_SUFFIXES + ARROW_SUFFIXES}, "
-        "a directory of Parquet files or a MovieLens .zip)"
+        f"{path}: unknown file type (expected one of {known}, a directory of Parquet files or a MovieLens .zip)"
     )
 
 
@@ -116,6 +119,9 @@ def iter_batches(
             yield from dataset.to_batches(batch_size=batch_rows)
         elif fmt == "csv":
             yield from _csv_batches(path, required)
+        elif fmt == "sequence":
+            check_columns(path, SEQUENCE_SCHEMA, required)  # a sequence log holds watches, never a side table
+            yield from sequence_batches(path, batch_rows)
         else:
             with pa.memory_map(str(path)) as source:
                 reader = ipc.open_file(source)

@@ -10,7 +10,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.datasets import prepare_dataset, prepare_events
+from benchmarks.datasets import check_events_log, events_name, prepare_dataset, prepare_events, read_watches
 from benchmarks.quality import parse_args
 from benchmarks.schema import PROTOCOLS
 from pipelines.synthetic import generate
@@ -101,3 +101,18 @@ def test_a_missing_or_incomplete_log_is_a_one_line_error(
     line = _error_line(capsys, ["--dataset", "synthetic", "--events", str(log_dir), "--json", "q.json"])
     assert "number of events" in line
     assert "--events" in _error_line(capsys, ["--dataset", "ml-100k", "--events", str(log_dir), "--json", "q.json"])
+
+
+def test_a_sequence_log_is_a_log_named_after_its_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "Beauty.txt"
+    path.write_text("u1 a b c\nu2 c a\n")
+    args = parse_args(["--events", str(path), "--json", "q.json"])
+    assert (args.dataset, args.events) == ("events", path)
+    events = read_watches(check_events_log(path))
+    assert events.column_names == ["user_id", "video_id", "ts"] and events["ts"].type == TIMESTAMP
+    assert events["video_id"].to_pylist() == ["a", "b", "c", "c", "a"]
+    assert events_name(path) == "events-Beauty"
+    assert events_name(tmp_path / "Sports and Outdoors.txt.gz") == "events-Sports_and_Outdoors"
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n \n")
+    assert "holds no rows" in _error_line(capsys, ["--events", str(blank), "--json", "q.json"])

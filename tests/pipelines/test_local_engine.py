@@ -117,7 +117,7 @@ def test_csv_input_with_text_timestamps(tmp_path):
         (b"", "events.parquet", "empty"),
         (b"user_id,video_id,ts\nu,v,2026-01-01\n", "events.parquet", "not a readable parquet"),
         (b"user_id,ts\nu,2026-01-01\n", "events.csv", "missing column(s) ['video_id']"),
-        (b"hello", "events.txt", "unknown file type"),
+        (b"hello", "events.json", "unknown file type"),
     ],
 )
 def test_bad_files_stop_with_a_clear_error(tmp_path, content, name, message):
