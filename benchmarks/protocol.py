@@ -1,8 +1,8 @@
 """One protocol of the quality benchmark: every method trained or fitted on its examples and ranked on its test split.
 
-The main mode (`run_protocol`): each two-tower loss tuned on validation, popularity, and ALS, BPR and EASE fitted on
-the training window and picked on validation. Budget mode (`run_budget_protocol`): the sampled losses at an equal
-wall-clock budget each, and popularity. Both score on test over the full catalogue and check the targets.
+The main mode (`run_protocol`): each two-tower loss tuned on validation, popularity, and ALS, BPR, EASE and item-kNN
+fitted on the training window and picked on validation. Budget mode (`run_budget_protocol`): the sampled losses at an
+equal wall-clock budget each, and popularity. Both score on test over the full catalogue and check the targets.
 """
 
 from __future__ import annotations
@@ -23,13 +23,17 @@ import scipy.sparse as sp
 import tensorflow as tf
 
 from benchmarks.baselines import (
-    ALS_GRID,
     BPR_GRID,
     BPR_NOTE,
     EASE_GRID,
+    ITEMKNN_GRID,
+    ITEMKNN_NEIGHBORS,
+    ITEMKNN_NOTE,
     AlsParams,
     BprParams,
     GridResult,
+    ItemKnnParams,
+    als_grid,
     als_scorer,
     bpr_scorer,
     choose_lambda,
@@ -37,13 +41,16 @@ from benchmarks.baselines import (
     fit_als,
     fit_bpr,
     fit_ease,
+    fit_itemknn,
     grid,
     grid_search,
     interaction_matrix,
+    itemknn_fitter,
+    itemknn_scorer,
 )
 from benchmarks.datasets import Prepared, user_groups, user_rows
 from benchmarks.output import log
-from benchmarks.schema import METRIC_KEYS
+from benchmarks.schema import METRIC_KEYS, QUALITY_KS
 from benchmarks.targets import check_targets
 from benchmarks.topics import planted_share
 from benchmarks.two_tower import score_chunk, train_for_budget, tune_loss, two_tower_scorers
@@ -153,15 +160,17 @@ def run_baselines(
     seed: int,
     share: Callable[[Scorer], float] | None = None,
     validation_exclude: np.ndarray | None = None,
+    skip_bpr: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """ALS (fold-in), BPR (learned user factors) and EASE (history) picked on validation, then ranked on test.
+    """ALS (fold-in), BPR (learned user factors; not with skip_bpr), EASE and item-kNN (history) picked on validation,
+    then ranked on test.
 
     `exclude` hides videos on test and `validation_exclude` on validation (as served: each split's own histories).
     With `share` (synthetic data), meta["topic_share@100"] holds share(test scorer) of each of them.
     """
     split = prepared.pipeline[protocol]["split"]
     dictionary, matrix = training_window(prepared.events, protocol, split, data.features)
-    log(f"{protocol}: ALS/BPR training window: {matrix.shape[0]} users, {matrix.nnz} (user, video) pairs")
+    log(f"{protocol}: baselines' training window: {matrix.shape[0]} users, {matrix.nnz} (user, video) pairs")
     ranks: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {"training_users": matrix.shape[0], "training_pairs": int(matrix.nnz)}
     shares: dict[str, float] = {}
@@ -187,43 +196,67 @@ def run_baselines(
         }
 
     t0 = time.perf_counter()
+    als_axes = als_grid(prepared.kind)
     als = grid_search(
-        grid(AlsParams, **ALS_GRID),
+        grid(AlsParams, **als_axes),
         lambda p: fit_als(matrix, p, seed=seed),
         lambda m: als_scorer(m, validation["history"]),
         validation["label"],
         chunk=chunk,
         exclude=validation_exclude,
     )
-    meta["als"] = record("als", "ALS", als, ALS_GRID, als_scorer(als.model, test["history"]), t0) | {
+    meta["als"] = record("als", "ALS", als, als_axes, als_scorer(als.model, test["history"]), t0) | {
         "scoring": "fold-in: closed-form least squares on each example's own history (implicit recalculate_user)",
     }
 
-    t0 = time.perf_counter()
-    val_rows = user_rows(validation_users, dictionary)
-    bpr = grid_search(
-        grid(BprParams, **BPR_GRID),
-        lambda p: fit_bpr(matrix, p, seed=seed),
-        lambda m: bpr_scorer(m, val_rows),
-        validation["label"],
-        chunk=chunk,
-        exclude=validation_exclude,
-    )
-    test_rows = user_rows(test_users, dictionary)
-    meta["bpr"] = record("bpr", "BPR", bpr, BPR_GRID, bpr_scorer(bpr.model, test_rows), t0) | {
-        "scoring": BPR_NOTE,
-        "test_examples_without_user_factors": int((test_rows < 0).sum()),
-    }
+    if not skip_bpr:
+        t0 = time.perf_counter()
+        val_rows = user_rows(validation_users, dictionary)
+        bpr = grid_search(
+            grid(BprParams, **BPR_GRID),
+            lambda p: fit_bpr(matrix, p, seed=seed),
+            lambda m: bpr_scorer(m, val_rows),
+            validation["label"],
+            chunk=chunk,
+            exclude=validation_exclude,
+        )
+        test_rows = user_rows(test_users, dictionary)
+        meta["bpr"] = record("bpr", "BPR", bpr, BPR_GRID, bpr_scorer(bpr.model, test_rows), t0) | {
+            "scoring": BPR_NOTE,
+            "test_examples_without_user_factors": int((test_rows < 0).sum()),
+        }
+
     ease_ranks, meta["ease"] = run_ease(matrix, validation, test, exclude, chunk, share, validation_exclude)
     ranks["ease"] = ease_ranks
     if share is not None:
         shares["ease"] = meta["ease"].pop("topic_share@100")
-        meta["topic_share@100"] = shares
     log(
         f"{protocol}: EASE chose lambda={meta['ease']['chosen']['lambda']} (validation recall@100 "
         f"{meta['ease']['chosen_validation']['recall@100']:.4f})"
     )
+
+    t0 = time.perf_counter()
+    knn = grid_search(
+        grid(ItemKnnParams, **ITEMKNN_GRID),
+        itemknn_fitter(matrix, max(ITEMKNN_NEIGHBORS)),
+        lambda S: itemknn_scorer(S, validation["history"]),
+        validation["label"],
+        chunk=chunk,
+        exclude=validation_exclude,
+    )
+    meta["itemknn"] = record("itemknn", "item-kNN", knn, ITEMKNN_GRID, itemknn_scorer(knn.model, test["history"]), t0)
+    meta["itemknn"] |= {"fit_s": itemknn_fit_seconds(matrix, knn.chosen["params"]), "scoring": ITEMKNN_NOTE}
+
+    if share is not None:
+        meta["topic_share@100"] = shares
     return ranks, meta
+
+
+def itemknn_fit_seconds(matrix: sp.csr_matrix, params: dict[str, Any]) -> float:
+    """Wall-clock seconds of one fresh item-kNN fit at the chosen point (the grid's fits share work per shrink)."""
+    t0 = time.perf_counter()
+    fit_itemknn(matrix, ItemKnnParams(**params))
+    return round(time.perf_counter() - t0, 3)
 
 
 def run_ease(
@@ -348,12 +381,13 @@ def run_protocol(
             args.seed,
             share,
             validation_exclude,
+            args.skip_bpr,
         )
         out.ranks |= ranks
         if share is not None:
             out.meta["topic_share@100"] |= meta.pop("topic_share@100")
         out.meta |= meta
-    out.metrics = {m: metrics_from_ranks(r) for m, r in out.ranks.items()}
+    out.metrics = {m: metrics_from_ranks(r, QUALITY_KS) for m, r in out.ranks.items()}
     out.meta["checks"] = check_targets(out.metrics, out.ranks, out.groups)
     return out
 
@@ -435,6 +469,6 @@ def run_budget_protocol(
     out.ranks["popularity"] = label_ranks(popularity, test["label"], exclude, chunk)
     out.meta["topic_share@100"]["popularity"] = share(popularity)
     out.groups = user_groups(test_table["user_id"])
-    out.metrics = {m: metrics_from_ranks(r) for m, r in out.ranks.items()}
+    out.metrics = {m: metrics_from_ranks(r, QUALITY_KS) for m, r in out.ranks.items()}
     out.meta["checks"] = check_targets(out.metrics, out.ranks, out.groups)
     return out

@@ -5,8 +5,9 @@
 For a quality result, writes beside the JSON, named after its stem (`quality_ml100k.json` -> `quality_ml100k.md`,
 ...): `<stem>.md` (a summary generated from the numbers, one table per protocol with 95% user-bootstrap intervals
 and the hyperparameters validation chose from which grid, the paired comparisons of topk_random against every other
-method with raw and Holm-adjusted p-values, in budget mode the Equal steps table, the protocols and the regenerating
-command),
+method with raw and Holm-adjusted p-values, the two-tower against the best of ALS, EASE and item-kNN per metric
+("Against the best peer", results with @20 figures), published figures for the Amazon logs (`benchmarks.published`),
+in budget mode the Equal steps table, the protocols and the regenerating command),
 `<stem>_recall_curve_<protocol>.png` (Recall@K for K = 1..100 with bootstrap bands) and, where the JSON holds the
 per-epoch validation history, `<stem>_training_<protocol>.png`. For a seed-spread or sweep result, `<stem>.md` with
 its tables and a summary generated from them. Also the tables `benchmarks.quality` prints when it finishes.
@@ -24,17 +25,23 @@ from typing import Any
 import numpy as np
 
 from benchmarks.output import ranks_file
-from benchmarks.schema import COMPARE_METRICS, LOSSES, PROTOCOL_NAMES, SAMPLED_LOSSES
+from benchmarks.published import published_section
+from benchmarks.schema import BASELINE_LABELS, BASELINES, COMPARE_METRICS, LOSSES, PEERS, PROTOCOL_NAMES, SAMPLED_LOSSES
 from benchmarks.targets import COMPARE_BASE
 from recsys.metrics import exclusion_protocol
 
+# A result's table shows those of these its JSON holds (results older than QUALITY_KS have no @20 figures).
 TABLE_METRICS = (
     ("recall@10", "R@10"),
+    ("recall@20", "R@20"),
     ("recall@50", "R@50"),
     ("recall@100", "R@100"),
     ("ndcg@10", "NDCG@10"),
+    ("ndcg@20", "NDCG@20"),
     ("map", "MAP"),
 )
+# "Against the best peer": the two-tower against the best of PEERS at each of these (issue 34).
+PEER_METRICS = ("recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@20")
 CURVE_KS = 100
 CURVE_REPLICATES = 300
 CURVE_SEED = 0
@@ -82,8 +89,8 @@ def hyperparameters(method: str, pmeta: dict[str, Any], meta: dict[str, Any]) ->
             epoch = f"best epoch {info['best_epoch']} of {info['epochs_run']}"
             if "chosen" not in info:  # a result from before the two-tower grid
                 return epoch, "epochs ≤ cap, early stopping"
-            stopping = f"epochs ≤ {info['epoch_cap']}, early stopping (patience {info['patience']})"
-            return f"{_params(info['chosen'])}, {epoch}", f"{_grid(info['grid'])}; {stopping}"
+            chosen = f"{_params(info['chosen'])}, {epoch}" if info["chosen"] else epoch
+            return chosen, f"{_grid(info['grid']) or 'no grid (one point)'}; {_stopping(info)}"
         return f"{info.get('steps')} steps", "equal wall-clock budget"
     if method in pmeta and isinstance(pmeta[method], dict) and "chosen" in pmeta[method]:
         return _params(pmeta[method]["chosen"]), _grid(pmeta[method].get("grid", {}))
@@ -92,16 +99,29 @@ def hyperparameters(method: str, pmeta: dict[str, Any], meta: dict[str, Any]) ->
     return "", ""
 
 
+def _stopping(info: dict[str, Any]) -> str:
+    """A loss's epoch cap and patience: as set, or as the run planned them (epochs=None: `training.schedule`)."""
+    plan = info.get("schedule") or {}
+    cap = info["epoch_cap"] if info["epoch_cap"] is not None else f"{plan.get('epochs', '?')} (planned)"
+    return f"epochs ≤ {cap}, early stopping (patience {plan.get('patience', info['patience'])})"
+
+
+def table_metrics(entries: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """The TABLE_METRICS that a protocol's method entries hold (an older result has no @20 figures)."""
+    return [(key, label) for key, label in TABLE_METRICS if all(key in e for e in entries.values())]
+
+
 def method_table(protocol: str, result: dict[str, Any]) -> list[str]:
     """The markdown table of one protocol: metrics with CIs, test examples/users, hyperparameters and grids."""
     meta = result["meta"]
     pmeta = meta.get("protocols", {}).get(protocol, {})
-    head = ["method", *(label + " [95% CI]" for _, label in TABLE_METRICS), "test examples / users", "chosen", "grid"]
+    metrics = table_metrics(result[protocol])
+    head = ["method", *(label + " [95% CI]" for _, label in metrics), "test examples / users", "chosen", "grid"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, entry in result[protocol].items():
         chosen, grid = hyperparameters(method, pmeta, meta)
         counts = f"{entry.get('n_examples', '?')} / {entry.get('n_users', '?')}"
-        cells = [method, *(_cell(entry, key) for key, _ in TABLE_METRICS), counts, chosen, grid]
+        cells = [method, *(_cell(entry, key) for key, _ in metrics), counts, chosen, grid]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -127,6 +147,51 @@ def comparison_table(protocol: str, result: dict[str, Any]) -> list[str]:
                 f"| {c['p_value']:.3f} | {'yes' if c['significant'] else 'no'} | {holm} | {holm_sig} |"
             )
     return lines
+
+
+def best_peer_rows(protocol: str, result: dict[str, Any]) -> list[str]:
+    """One protocol's rows of "Against the best peer" ([] when the result lacks the base, a peer or a metric)."""
+    entries = result[protocol]
+    base = result["meta"].get("compare_base", COMPARE_BASE)
+    peers = [m for m in PEERS if m in entries]
+    comparisons = result["meta"].get("comparisons", {}).get(protocol, {})
+    if base not in entries or not peers or any(k not in entries[base] for k in PEER_METRICS):
+        return []
+    rows = []
+    for metric in PEER_METRICS:
+        best = max(peers, key=lambda m: entries[m][metric])
+        pair = comparisons.get(f"{base} vs {best}", {}).get(metric)
+        interval = f"{pair['mean_diff']:+.4f} [{pair['low']:+.4f}, {pair['high']:+.4f}]" if pair else "—"
+        verdict = "—" if not pair else "yes" if pair["low"] > 0 or pair["high"] < 0 else "no"
+        rows.append(
+            f"| {PROTOCOL_NAMES.get(protocol, protocol)} | {metric} | {entries[base][metric]:.4f} | "
+            f"{BASELINE_LABELS[best]} {entries[best][metric]:.4f} | {interval} | {verdict} |"
+        )
+    return rows
+
+
+def best_peer_section(result: dict[str, Any]) -> list[str]:
+    """The two-tower against the best of ALS, EASE and item-kNN at each PEER_METRICS cutoff, with the paired interval.
+
+    Empty for a result without the peers or without @20 figures (those written before this section existed).
+    """
+    rows = [row for protocol in protocols_of(result) for row in best_peer_rows(protocol, result)]
+    if not rows:
+        return []
+    base = result["meta"].get("compare_base", COMPARE_BASE)
+    peers = ", ".join(BASELINE_LABELS[m] for m in PEERS)
+    return [
+        "## Against the best peer",
+        "",
+        f"{base} against the best of {peers} at each metric (each peer tuned on validation in this run; the best "
+        "is picked on test per metric, which favours the peers). a − b: the paired user-bootstrap difference and "
+        "its 95% interval (`recsys.stats.compare`, as in Paired comparisons, without Holm's adjustment); "
+        "significant = the interval excludes 0.",
+        "",
+        f"| protocol | metric | {base} | best peer | a − b [95% CI] | significant |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def planted_section(result: dict[str, Any]) -> list[str]:
@@ -342,6 +407,9 @@ def write_markdown(result: dict[str, Any], json_path: Path, out: Path, plots: Se
     if two_tower.get("grid_note"):
         lines += ["", f"Two-tower grid: {two_tower['grid_note']}"]
     lines += ["", *quality_summary(result)]
+    for section in (best_peer_section(result), published_section(result)):
+        if section:
+            lines += ["", *section]
     for protocol in protocols_of(result):
         lines += ["", f"## {PROTOCOL_NAMES.get(protocol, protocol)}", "", *method_table(protocol, result)]
     lines += ["", "## Paired comparisons", ""]
@@ -486,8 +554,8 @@ def format_table(protocol: str, metrics: dict[str, dict[str, float]], meta: dict
     lines = [
         f"== {protocol} | {dataset} | {meta['examples']['test']} test examples | {meta['videos']} videos "
         f"| train {meta['examples']['train']} | validation {meta['examples']['validation']} ==",
-        f"{'method':<12} {'val R@100':>9} {'R@10':>7} {'R@50':>7} {'R@100':>7} {'NDCG@10':>8} {'MAP':>7} "
-        f"{'train s':>8}  notes",
+        f"{'method':<12} {'val R@100':>9} {'R@10':>7} {'R@20':>7} {'R@50':>7} {'R@100':>7} {'NDCG@10':>8} "
+        f"{'NDCG@20':>8} {'MAP':>7} {'train s':>8}  notes",
     ]
     for method, m in metrics.items():
         val, secs, note = "", "", ""
@@ -502,7 +570,7 @@ def format_table(protocol: str, metrics: dict[str, dict[str, float]], meta: dict
             else:
                 note = f"{info['steps']} steps, {info['epochs']} epochs"
             secs = f"{info.get('wall_s', info.get('train_s')):.0f}"
-        elif method in ("als", "bpr", "ease") and method in meta:
+        elif method in BASELINES and method in meta:
             val = f"{meta[method]['chosen_validation']['recall@100']:.4f}"
             secs = f"{meta[method]['fit_s']:.1f}"
             note = ", ".join(f"{k}={v}" for k, v in meta[method]["chosen"].items())
@@ -516,8 +584,8 @@ def format_table(protocol: str, metrics: dict[str, dict[str, float]], meta: dict
         if share is not None:
             note += f" topic share@100 {share:.3f}"
         lines.append(
-            f"{method:<12} {val:>9} {m['recall@10']:>7.4f} {m['recall@50']:>7.4f} {m['recall@100']:>7.4f} "
-            f"{m['ndcg@10']:>8.4f} {m['map']:>7.4f} {secs:>8}  {note}"
+            f"{method:<12} {val:>9} {m['recall@10']:>7.4f} {m['recall@20']:>7.4f} {m['recall@50']:>7.4f} "
+            f"{m['recall@100']:>7.4f} {m['ndcg@10']:>8.4f} {m['ndcg@20']:>8.4f} {m['map']:>7.4f} {secs:>8}  {note}"
         )
     lines.append("targets (test recall@100; CI: paired user-bootstrap 95% interval of the difference):")
     for c in meta["checks"]:

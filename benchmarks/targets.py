@@ -8,13 +8,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from benchmarks.schema import COMPARE_METRICS, LEARNED, METRIC_KEYS
+from benchmarks.schema import COMPARE_METRICS, LEARNED, LOSSES, QUALITY_KS, RESULT_KEYS
 from recsys.stats import compare, holm_adjust, summarise
 
 N_BOOT = 2000  # user-bootstrap replicates of every interval and paired comparison
 BOOT_SEED = 0
 COMPARE_BASE = "topk_random"
-COMPARE_WITH = ("full", "loguniform", "inbatch", "ease", "als", "bpr", "popularity")
+COMPARE_WITH = ("full", "loguniform", "inbatch", "ease", "als", "itemknn", "bpr", "popularity")
 WELL_ABOVE = 0.10  # "well above popularity": >= 10% relative gain in recall@100 and a paired 95% CI above zero
 WITHIN = 0.02  # topk_random recall@100 may fall at most 2% (relative) below full softmax
 
@@ -66,7 +66,7 @@ def check_targets(
             r[tk] >= r["loguniform"],
             relative(tk, "loguniform"),
         )
-    for other in ("inbatch", "als", "bpr", "ease"):
+    for other in ("inbatch", "als", "bpr", "ease", "itemknn"):
         if tk in r and other in r:
             op = ">=" if other == "inbatch" else ">"
             ok = r[tk] >= r[other] if other == "inbatch" else r[tk] > r[other]
@@ -80,22 +80,31 @@ def check_targets(
     return checks
 
 
+def comparison_base(methods: Sequence[str]) -> str:
+    """The method the paired comparisons hold to every other: COMPARE_BASE when it ran, else the first loss run."""
+    if COMPARE_BASE in methods:
+        return COMPARE_BASE
+    return next((m for m in methods if m in LOSSES), COMPARE_BASE)
+
+
 def add_intervals(
-    result: dict[str, Any], runs: Mapping[str, RankedRun], methods: Sequence[str]
+    result: dict[str, Any], runs: Mapping[str, RankedRun], methods: Sequence[str], base: str = COMPARE_BASE
 ) -> dict[str, dict[str, Any]]:
-    """Add "<metric>_ci", n_examples and n_users to every method of `result`; return the paired comparisons."""
+    """Add "<metric>_ci", n_examples and n_users to every method of `result`; return the paired comparisons of
+    `base` against each of COMPARE_WITH (and every other loss) at every cutoff of QUALITY_KS."""
     comparisons: dict[str, dict[str, Any]] = {}
+    others = [*COMPARE_WITH, *(m for m in LOSSES if m not in COMPARE_WITH)]
     for protocol, run in runs.items():
         ranks = {m: run.ranks[m] for m in methods}
-        summary = summarise(ranks, run.groups, n_boot=N_BOOT, seed=BOOT_SEED)
+        summary = summarise(ranks, run.groups, ks=QUALITY_KS, n_boot=N_BOOT, seed=BOOT_SEED)
         for method in methods:
             entry = result[protocol][method]
-            for key in METRIC_KEYS:
+            for key in RESULT_KEYS:
                 entry[f"{key}_ci"] = [summary[method][key]["low"], summary[method][key]["high"]]
             entry["n_examples"] = summary[method]["map"]["n_examples"]
             entry["n_users"] = summary[method]["map"]["n_users"]
-        pairs = [(COMPARE_BASE, b) for b in COMPARE_WITH if COMPARE_BASE in ranks and b in ranks]
+        pairs = [(base, b) for b in others if base in ranks and b in ranks and b != base]
         # Holm family: every pair x every reported metric of this protocol.
-        raw = compare(ranks, run.groups, pairs, n_boot=N_BOOT, seed=BOOT_SEED)
+        raw = compare(ranks, run.groups, pairs, ks=QUALITY_KS, n_boot=N_BOOT, seed=BOOT_SEED)
         comparisons[protocol] = holm_adjust(raw, COMPARE_METRICS)
     return comparisons

@@ -72,6 +72,7 @@ def model_configs(kind: str, epochs: int | None, budget: bool) -> tuple[ModelCon
         # Depth 0 with 128-wide history embeddings: the best full-softmax validation recall of TOWER_NOTE's sweep.
         model = ModelConfig(hidden=[], embedding_dim=64, video_input_dim=128)
         cfg = TrainConfig(
+            optimizer="adagrad",  # the optimizer these grids were tuned with (before Adam became the default)
             batch_size=256,
             epochs=40,
             learning_rate=0.4,
@@ -87,6 +88,7 @@ def model_configs(kind: str, epochs: int | None, budget: bool) -> tuple[ModelCon
         # One hidden layer: full softmax's validation recall beat depth 0 with it (TOWER_NOTE).
         model = ModelConfig(hidden=[256], embedding_dim=64)
         cfg = TrainConfig(
+            optimizer="adagrad",
             batch_size=1024,
             epochs=20,
             learning_rate=0.4,
@@ -166,6 +168,7 @@ def tune_loss(
         "chosen_validation": chosen_validation,
         "epoch_cap": train_cfg.epochs,
         "patience": train_cfg.patience,
+        "schedule": report.get("schedule"),  # the epochs and patience the run planned (epochs=None: from the log)
         "points": points,
         "grid_s": record["grid_s"],
         "wall_s": record["wall_s"],

@@ -2,10 +2,10 @@
 
 The tower maps a user's context (pooled watch-history and averaged search-token embeddings, geography, device,
 gender, example age, normalised demographics) to a d-dimensional vector u. ModelConfig.history_pooling says how the
-history is pooled: the paper's plain mean, a learned recency-weighted mean, or a small self-attention block followed
-by a masked mean. The output layer is a trainable table V [n, d] (plus an optional bias): the logit of video j is
-u . V[j] + b[j], and after training the rows of V are the video embeddings that retrieval indexes. There is no
-separate item network.
+history is pooled: the paper's plain mean, a learned recency-weighted mean, a small self-attention block followed
+by a masked mean, or a causal self-attention encoder read at the most recent watch (the SASRec family). The output
+layer is a trainable table V [n, d] (plus an optional bias): the logit of video j is u . V[j] + b[j], and after
+training the rows of V are the video embeddings that retrieval indexes. There is no separate item network.
 """
 
 from __future__ import annotations
@@ -106,6 +106,46 @@ def masked_softmax(logits: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="recsys")
+class SequenceBlock(keras.layers.Layer):
+    """One pre-norm transformer block (SASRec's): masked self-attention then a position-wise ReLU feed-forward."""
+
+    def __init__(self, width: int, dropout: float = 0.0, **kwargs: Any) -> None:
+        """ATTENTION_HEADS heads splitting `width`; a feed-forward of the same width; `dropout` on both outputs."""
+        super().__init__(**kwargs)
+        self.width = width
+        self.rate = dropout
+        self.attention_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="attention_norm")
+        self.attention = keras.layers.MultiHeadAttention(
+            num_heads=ATTENTION_HEADS, key_dim=max(1, width // ATTENTION_HEADS), dropout=dropout, name="attention"
+        )
+        self.feed_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="feed_norm")
+        self.inner = keras.layers.Dense(width, activation="relu", name="inner")
+        self.outer = keras.layers.Dense(width, name="outer")
+        self.dropout = keras.layers.Dropout(dropout, name="dropout")
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor's arguments, so a saved ``.keras`` file can rebuild the block."""
+        return {**super().get_config(), "width": self.width, "dropout": self.rate}
+
+    def build(self, input_shape: Any = None) -> None:
+        """Create every sub-layer's weights for inputs [B, T, width]."""
+        shape = (None, None, self.width)
+        self.attention_norm.build(shape)
+        self.attention.build(shape, shape)
+        self.feed_norm.build(shape)
+        self.inner.build(shape)
+        self.outer.build(shape)
+        self.built = True
+
+    def call(self, x: tf.Tensor, attend: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """x [B, T, width] -> the same shape; `attend` [B, T, T] says which key each query may see."""
+        query = self.attention_norm(x)
+        x = query + self.attention(query, x, attention_mask=attend, training=training)
+        y = self.outer(self.dropout(self.inner(self.feed_norm(x)), training=training))
+        return x + self.dropout(y, training=training)
+
+
+@keras.saving.register_keras_serializable(package="recsys")
 class UserTower(keras.Model):
     """Context features -> user vector u of width embedding_dim."""
 
@@ -137,11 +177,24 @@ class UserTower(keras.Model):
             for name in CATEGORY_FEATURES
         }
         self.recency_logits = self._recency_logits() if config.history_pooling == "recency" else None
-        self.position_embeddings = self._position_embeddings() if config.history_pooling == "attention" else None
+        positional = config.history_pooling in ("attention", "sequence")
+        self.position_embeddings = self._position_embeddings() if positional else None
         self.attention = self._attention_layer() if config.history_pooling == "attention" else None
+        self.encoder = (
+            [
+                SequenceBlock(config.video_input_dim, config.dropout, name=f"history_sequence_{i}")
+                for i in range(config.sequence_blocks)
+            ]
+            if config.history_pooling == "sequence"
+            else []
+        )
+        self.encoder_norm = (
+            keras.layers.LayerNormalization(epsilon=1e-6, name="history_sequence_norm") if self.encoder else None
+        )
         self.hidden_layers = [
             keras.layers.Dense(width, activation="relu", name=f"hidden_{i}") for i, width in enumerate(config.hidden)
         ]
+        self.dropout = keras.layers.Dropout(config.dropout, name="dropout") if config.dropout > 0 else None
         # The last layer is linear: a ReLU output would confine u to the positive orthant and cripple MIPS.
         self.projection = keras.layers.Dense(config.embedding_dim, name="user_vector")
 
@@ -181,9 +234,13 @@ class UserTower(keras.Model):
 
     def build(self, input_shape: Any = None) -> None:
         """Create the dense layers' weights from the known feature width, so no weight is made lazily."""
+        sequence = (None, None, self.config.video_input_dim)
         if self.attention is not None:
-            sequence = (None, None, self.config.video_input_dim)
             self.attention.build(sequence, sequence)
+        for block in self.encoder:
+            block.build(sequence)
+        if self.encoder_norm is not None:
+            self.encoder_norm.build(sequence)
         width = self.input_width()
         for layer in self.hidden_layers:
             layer.build((None, width))
@@ -209,10 +266,14 @@ class UserTower(keras.Model):
             *(tf.gather(tf_variable(self.category_tables[name]), features[name]) for name in CATEGORY_FEATURES),
             numeric,
         ]
-        x = tf.concat(parts, axis=1)
+        x = self._drop(tf.concat(parts, axis=1), training)
         for layer in self.hidden_layers:
-            x = layer(x, training=training)
+            x = self._drop(layer(x, training=training), training)
         return self.projection(x)
+
+    def _drop(self, x: tf.Tensor, training: bool) -> tf.Tensor:
+        """Dropout while training when the config asks for it; the identity otherwise."""
+        return x if self.dropout is None else self.dropout(x, training=training)
 
     def pool_history(self, ids: tf.Tensor, training: bool = False) -> tf.Tensor:
         """The watch history [B, T] (oldest first, PAD anywhere) as one vector [B, video_input_dim]."""
@@ -223,7 +284,28 @@ class UserTower(keras.Model):
         if self.recency_logits is not None:
             weights = masked_softmax(tf.gather(tf_variable(self.recency_logits), positions), valid)
             return tf.reduce_sum(rows * weights[..., None], axis=1)
+        if self.encoder:
+            return self._encode(rows, valid, positions, training)
         return self._attend(rows, valid, positions, training)
+
+    def _encode(self, rows: tf.Tensor, valid: tf.Tensor, positions: tf.Tensor, training: bool) -> tf.Tensor:
+        """Position-tagged watches through the causal encoder; the output at the most recent watch.
+
+        A watch attends to itself and to earlier watches only (by position from the end, so any padding layout
+        gives the same answer); padding is masked as keys and zeroed after every block. An empty history gives 0.
+        """
+        assert self.position_embeddings is not None and self.encoder_norm is not None
+        mask = tf.cast(valid, rows.dtype)[..., None]
+        x = (rows + tf.gather(tf_variable(self.position_embeddings), positions)) * mask
+        x = self._drop(x, training)
+        # earlier-or-same: key j is at least as far from the end as query i; and key j must be a real watch
+        causal = positions[:, None, :] >= positions[:, :, None]
+        attend = tf.logical_and(causal, valid[:, None, :])
+        for block in self.encoder:
+            x = block(x, attend, training=training) * mask
+        x = self.encoder_norm(x) * mask
+        latest = tf.cast(tf.logical_and(valid, tf.equal(positions, 0)), rows.dtype)[..., None]
+        return tf.reduce_sum(x * latest, axis=1)
 
     def _attend(self, rows: tf.Tensor, valid: tf.Tensor, positions: tf.Tensor, training: bool) -> tf.Tensor:
         """Position-tagged watches through one residual self-attention block, then the mean over the real watches.

@@ -1,4 +1,4 @@
-"""Sparse SGD and Adagrad for gathered embedding tables (the output table V and its bias).
+"""Sparse SGD, Adagrad and (lazy) Adam for gathered embedding tables (the output table V and its bias).
 
 A sampled loss touches a few thousand rows of a table with millions. Keras 3's Adagrad densifies the gradient and
 rewrites the whole accumulator every step, and a naive sparse apply squares repeated rows separately: with
@@ -20,7 +20,7 @@ from typing import Any
 
 import tensorflow as tf
 
-__all__ = ["RowScale", "SparseAdagrad", "SparseSGD", "deduplicate", "gather_distinct", "tf_variable"]
+__all__ = ["RowScale", "SparseAdagrad", "SparseAdam", "SparseSGD", "deduplicate", "gather_distinct", "tf_variable"]
 
 
 def tf_variable(var: Any) -> tf.Variable:
@@ -177,6 +177,10 @@ class SparseAdagrad(_RowSparseOptimizer):
             self._accumulators[key] = acc
         return acc
 
+    def slot_variables(self, var: Any) -> dict[str, tf.Variable]:
+        """The optimizer state of var by name, for checkpoints."""
+        return {"accumulator": self.accumulator(var)}
+
     def apply(self, var: Any, indices: tf.Tensor, values: tf.Tensor, row_scale: RowScale | None = None) -> None:
         """Sparse Adagrad step on the distinct rows of indices, with repeated rows' gradients summed first."""
         v = tf_variable(var)
@@ -226,4 +230,103 @@ class SparseAdagrad(_RowSparseOptimizer):
             grad=tf.cast(grad, v.dtype),
             use_locking=False,
             update_slots=True,
+        )
+
+
+class SparseAdam(_RowSparseOptimizer):
+    """Adam whose sparse path updates the moments and values of the touched rows only ("lazy" Adam).
+
+    Dense gradients (the tower's weights) take the ordinary Adam step. A table row's moments decay only on the steps
+    that touch it, which is what makes the step O(rows touched) instead of O(n); it is the usual choice for sampled
+    softmax tables. Adam normalises each coordinate's step by its own gradient scale, so the Adagrad accumulator
+    correction for importance-weighted tail rows (``RowScale``) does not apply and is ignored here.
+
+    ``apply_gradients`` counts one step per call: the bias corrections use that count for every variable.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float | tf.Variable,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+    ) -> None:
+        """Keep the hyper-parameters (Keras' Adam defaults, except epsilon = 1e-8 as in the Adam paper)."""
+        self.learning_rate = learning_rate
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self._slots: dict[Any, tuple[tf.Variable, tf.Variable]] = {}
+        with tf.init_scope():
+            self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="adam_iterations")
+
+    def build(self, variables: Iterable[Any]) -> None:
+        """Create the moment slots of these variables now (before the first traced step)."""
+        for var in variables:
+            self.moments(var)
+
+    def moments(self, var: Any) -> tuple[tf.Variable, tf.Variable]:
+        """The first and second moment slots of var (zeros, same shape), created on first request."""
+        v = tf_variable(var)
+        key = v.ref()
+        slots = self._slots.get(key)
+        if slots is None:
+            base = v.name.split(":")[0]
+            with tf.init_scope():
+                slots = (
+                    tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name=f"{base}_adam_m"),
+                    tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name=f"{base}_adam_v"),
+                )
+            self._slots[key] = slots
+        return slots
+
+    def slot_variables(self, var: Any) -> dict[str, tf.Variable]:
+        """The optimizer state of var by name, for checkpoints."""
+        m, v = self.moments(var)
+        return {"m": m, "v": v}
+
+    def apply_gradients(
+        self, grads_and_vars: Iterable[tuple[Any, Any]], row_scales: Mapping[Any, RowScale] | None = None
+    ) -> None:
+        """Advance the step count, then apply every gradient (row_scales are ignored: see the class docstring)."""
+        self.iterations.assign_add(1)
+        super().apply_gradients(grads_and_vars, None)
+
+    def _powers(self, dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor]:
+        """beta_1^t and beta_2^t at the current step t."""
+        t = tf.cast(self.iterations, dtype)
+        return tf.pow(tf.cast(self.beta_1, dtype), t), tf.pow(tf.cast(self.beta_2, dtype), t)
+
+    def apply(self, var: Any, indices: tf.Tensor, values: tf.Tensor, row_scale: RowScale | None = None) -> None:
+        """Adam step on the distinct rows of indices (repeated rows' gradients summed first); other rows untouched."""
+        v = tf_variable(var)
+        m_slot, v_slot = self.moments(v)
+        unique, summed = deduplicate(indices, values)
+        g = tf.cast(summed, v.dtype)
+        b1, b2 = tf.cast(self.beta_1, v.dtype), tf.cast(self.beta_2, v.dtype)
+        m_rows = b1 * tf.gather(m_slot, unique) + (1 - b1) * g
+        v_rows = b2 * tf.gather(v_slot, unique) + (1 - b2) * tf.square(g)
+        m_slot.scatter_update(tf.IndexedSlices(m_rows, unique))
+        v_slot.scatter_update(tf.IndexedSlices(v_rows, unique))
+        p1, p2 = self._powers(v.dtype)
+        lr = _learning_rate(self.learning_rate, v.dtype) * tf.sqrt(1 - p2) / (1 - p1)
+        v.scatter_sub(tf.IndexedSlices(lr * m_rows / (tf.sqrt(v_rows) + self.epsilon), unique))
+
+    def apply_dense(self, var: Any, grad: tf.Tensor) -> None:
+        """Dense Adam step (for the tower's ordinary weights)."""
+        v = tf_variable(var)
+        m_slot, v_slot = self.moments(v)
+        p1, p2 = self._powers(v.dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=v.handle,
+            m=m_slot.handle,
+            v=v_slot.handle,
+            beta1_power=p1,
+            beta2_power=p2,
+            lr=_learning_rate(self.learning_rate, v.dtype),
+            beta1=tf.cast(self.beta_1, v.dtype),
+            beta2=tf.cast(self.beta_2, v.dtype),
+            epsilon=tf.cast(self.epsilon, v.dtype),
+            grad=tf.cast(grad, v.dtype),
+            use_locking=False,
         )

@@ -27,7 +27,10 @@ def train(
     loss: Annotated[str | None, typer.Option(help="full | loguniform | inbatch | topk_random")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
-    learning_rate: Annotated[float | None, typer.Option()] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="step size (default: 0.002 with adam, 0.3 with adagrad)")
+    ] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam (default) | adagrad")] = None,
     uniform_samples: Annotated[int | None, typer.Option(help="m: uniform tail samples")] = None,
     top_k: Annotated[int | None, typer.Option(help="K: head classes per example")] = None,
     head: Annotated[str | None, typer.Option(help="top-K head: per_example | shared")] = None,
@@ -44,6 +47,7 @@ def train(
     history_pooling: Annotated[
         str | None, typer.Option(help=f"history pooling: {' | '.join(HISTORY_POOLINGS)}")
     ] = None,
+    dropout: Annotated[float | None, typer.Option(help="dropout rate of the tower while training")] = None,
     index_spec: Annotated[str | None, typer.Option(help="FAISS factory string of the miner's index")] = None,
     resume: Annotated[bool, typer.Option(help="continue a killed run from its last checkpoint")] = False,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -63,6 +67,7 @@ def train(
         embedding_dim=embedding_dim,
         video_input_dim=video_input_dim,
         history_pooling=history_pooling,
+        dropout=dropout,
     )
     cfg = with_overrides(
         settings.train,
@@ -70,6 +75,7 @@ def train(
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
+        optimizer=optimizer,
         uniform_samples=uniform_samples,
         top_k=top_k,
         head=head,
@@ -84,6 +90,12 @@ def train(
         f"{best.get('recall@100', float('nan')):.4f} (popularity {report['validation_popularity']['recall@100']:.4f})"
         f" -> {out}"
     )
+    if not report["beats_popularity"]:
+        typer.echo(
+            "WARNING: validation recall@100 is not above popularity's: this run ranks no better than a count of "
+            "watches, and `recsys export` refuses it unless --force",
+            err=True,
+        )
 
 
 def tune(

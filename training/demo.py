@@ -192,6 +192,7 @@ def _run(cfg: DemoConfig, echo: Callable[[str], None]) -> dict[str, Any]:
         model_cfg = ModelConfig(hidden=[256], embedding_dim=64, video_input_dim=64)
         train_cfg = TrainConfig(
             loss="topk_random",
+            optimizer="adagrad",  # the optimizer the demo's learning rate was tuned with
             epochs=cfg.epochs,
             batch_size=256,
             learning_rate=0.4,

@@ -269,11 +269,13 @@ def export_bundle(
     target_recall: float | None = 0.95,
     now: datetime | None = None,
     max_queries: int = MAX_QUERIES,
+    force: bool = False,
 ) -> Path:
     """Export a finished run as a new bundle version under `out`, make it `latest`, and return its path.
 
     ``index_spec`` ("auto" = the default for the catalogue size) also builds and tunes a FAISS index. Nothing
-    is published unless every check passes; a failure leaves `out` as it was.
+    is published unless every check passes; a failure leaves `out` as it was. A run whose validation recall is
+    not above popularity's is refused unless ``force``: serving it would hand users a worse list than a count.
     """
     from training.evaluate import load_run
     from training.train import REPORT_FILE, RUN_BIAS_FILE, RUN_EMBEDDINGS_FILE, RUN_FILE
@@ -283,6 +285,7 @@ def export_bundle(
     data, model = load_run(run)
     meta = json.loads((run / RUN_FILE).read_text())
     report = json.loads((run / REPORT_FILE).read_text())
+    _check_beats_popularity(run, report, force)
     embeddings = np.load(run / RUN_EMBEDDINGS_FILE)
     bias = np.load(run / RUN_BIAS_FILE)
     pipeline_cfg = json.loads((data.directory / "report.json").read_text())["config"]
@@ -307,6 +310,20 @@ def export_bundle(
         now=now,
         max_queries=max_queries,
         where=str(run),
+    )
+
+
+def _check_beats_popularity(run: Path, report: dict[str, Any], force: bool) -> None:
+    """Refuse (BundleError) a run that trained no better than popularity on validation, unless forced."""
+    from recsys.bundle import BundleError
+
+    if report.get("beats_popularity", True) or force:  # runs from before the check carry no verdict
+        return
+    best = report.get("best_validation", {}).get("recall@100", float("nan"))
+    popularity = report.get("validation_popularity", {}).get("recall@100", float("nan"))
+    raise BundleError(
+        f"{run}: validation recall@100 {best:.4f} is not above popularity's {popularity:.4f}; the service would "
+        "answer worse than its own popularity fallback. Train longer or tune the run, or pass --force to export it"
     )
 
 
@@ -429,9 +446,10 @@ def export(
         str | None, typer.Option(help="also build a FAISS index: a factory string, or 'auto' (by catalogue size)")
     ] = None,
     target_recall: Annotated[float, typer.Option(help="tune nprobe/efSearch to this recall@100")] = 0.95,
+    force: Annotated[bool, typer.Option(help="export even a run that is not above popularity on validation")] = False,
 ) -> None:
     """Export a trained run as a versioned, verified model bundle and point OUT/latest at it."""
-    path = export_bundle(run, out, index_spec=index_spec, target_recall=target_recall)
+    path = export_bundle(run, out, index_spec=index_spec, target_recall=target_recall, force=force)
     manifest = json.loads((path / "manifest.json").read_text())
     typer.echo(f"exported {manifest['model_version']} ({manifest['n_videos']} videos, d={manifest['embedding_dim']})")
     typer.echo(f"-> {path}")

@@ -1,8 +1,9 @@
 """How long a run trains: the epoch cap and the early-stopping patience, from the config and the log's size.
 
-A fixed epoch count is the wrong unit across logs: ML-100K's time split has 68 steps per epoch at batch 1024 and the
-default tower sits on popularity's plateau for ~1,100 steps, so 10 epochs stop it before it learns; a 1M-video log
-has thousands of steps per epoch and 10 epochs are plenty. Planning in optimizer steps fits both.
+A fixed epoch count is the wrong unit across logs: ML-100K's time split has 68 steps per epoch at batch 1024 and a
+young model can sit on popularity's plateau for hundreds of steps, while a 1M-video log has thousands of steps per
+epoch. With no epoch count set a run therefore trains until validation stops improving, never stopping before a
+number of optimizer steps, and an epoch cap only bounds a run that keeps improving (the report says when it bound).
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import math
 from dataclasses import dataclass
 
 from recsys.config import TrainConfig
-
-MIN_AUTO_EPOCHS = 10
 
 
 @dataclass(frozen=True)
@@ -31,19 +30,23 @@ class Schedule:
 
 
 def schedule(cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
-    """The run's epoch cap (cfg.epochs, or enough for cfg.min_steps, which then early stopping waits for too) and
-    patience (in epochs, >= patience_steps)."""
+    """The run's epoch cap and patience (in epochs, >= patience_steps).
+
+    cfg.epochs set: that cap, early stopping as configured. Unset: train until early stopping ends the run, which it
+    may not before cfg.min_steps optimizer steps (a young model can sit on popularity's plateau), with
+    cfg.max_auto_epochs as the cap that bounds a run whose validation never stops improving.
+    """
     per_epoch = max(1, steps_per_epoch)
     stop_after = 0
     if cfg.epochs is not None:
         epochs, epochs_from = cfg.epochs, "set (train.epochs)"
     else:
         stop_after = cfg.min_steps
-        wanted = math.ceil(cfg.min_steps / per_epoch)
-        epochs = min(cfg.max_auto_epochs, max(MIN_AUTO_EPOCHS, wanted))
+        epochs = cfg.max_auto_epochs
         epochs_from = (
-            f"derived: min_steps {cfg.min_steps} / {per_epoch} steps per epoch = {wanted} epochs, "
-            f"kept within [{min(MIN_AUTO_EPOCHS, cfg.max_auto_epochs)}, {cfg.max_auto_epochs}]"
+            f"derived: until early stopping, not before min_steps {cfg.min_steps} "
+            f"({math.ceil(cfg.min_steps / per_epoch)} epochs of {per_epoch} steps per epoch), at most "
+            f"max_auto_epochs {cfg.max_auto_epochs}"
         )
     by_steps = math.ceil(cfg.patience_steps / per_epoch)
     patience = max(cfg.patience, by_steps)

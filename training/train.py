@@ -23,7 +23,7 @@ from recsys.metrics import dot_scorer, label_ranks, metrics_from_ranks, populari
 from recsys.model import FEATURE_NAMES, PAD, TwoTower, build_model, feature_signature
 from recsys.publish import publish_file, publish_json, publish_npy
 from recsys.softmax import estimator_diagnostics
-from recsys.sparse_optim import SparseAdagrad, tf_variable
+from recsys.sparse_optim import SparseAdagrad, SparseAdam, tf_variable
 from training.data import Batch, ExampleSet, batches_per_epoch, to_batch, training_batches, with_next
 from training.losses import LossHead
 from training.miner import NegativeMiner
@@ -77,7 +77,7 @@ class Trainer:
         self.model_cfg = model_cfg
         tf.keras.utils.set_random_seed(cfg.seed)
         self.model: TwoTower = build_model(data.sizes, model_cfg, data.max_history, data.max_tokens)
-        self.optimizer = SparseAdagrad(cfg.learning_rate)
+        self.optimizer = SparseAdam(cfg.learning_rate) if cfg.optimizer == "adam" else SparseAdagrad(cfg.learning_rate)
         self.optimizer.build(self.model.trainable_variables)
         self.rng = tf.random.Generator.from_seed(cfg.seed)
         self.n = data.sizes.videos
@@ -97,7 +97,7 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(
             weights={_key(v): tf_variable(v) for v in self.model.weights},
             rng=self.rng,
-            accumulators={_key(v): self.optimizer.accumulator(v) for v in self.model.trainable_variables},
+            **_optimizer_state(self.optimizer, self.model.trainable_variables),
         )
         spec = feature_signature(data.max_history, data.max_tokens)
         label_spec = tf.TensorSpec([None], tf.int32)
@@ -297,6 +297,14 @@ class Trainer:
         return result
 
 
+def _optimizer_state(optimizer: SparseAdam | SparseAdagrad, variables: list[Any]) -> dict[str, Any]:
+    """The optimizer's slots under checkpoint keys (Adagrad's keep the names of runs before Adam existed)."""
+    if isinstance(optimizer, SparseAdagrad):
+        return {"accumulators": {_key(v): optimizer.accumulator(v) for v in variables}}
+    slots = {f"{_key(v)}/{name}": slot for v in variables for name, slot in optimizer.slot_variables(v).items()}
+    return {"adam_slots": slots, "adam_iterations": optimizer.iterations}
+
+
 def _key(var: Any) -> str:
     """A checkpoint key from a variable's Keras path (e.g. "two_tower/user_tower/hidden_0/kernel")."""
     return var.path.replace("/", ".")
@@ -432,9 +440,40 @@ def train(
             len(state.epochs),
         )
     report = _report(trainer, state, data, popularity, timings, plan, out)
+    if report["stopped_by"] == CAP_WHILE_IMPROVING:
+        logging.getLogger(__name__).warning(
+            "the epoch cap (%d) ended this run while validation was still improving (best epoch = last): more epochs "
+            "would likely help (--epochs, or train.max_auto_epochs when epochs is unset)",
+            plan.epochs,
+        )
+    if not report["beats_popularity"]:
+        logging.getLogger(__name__).warning(
+            "the best epoch's validation recall@100 (%.4f) is not above popularity's (%.4f) on the same examples: "
+            "this model ranks no better than a count of watches (train longer or tune it); `recsys export` refuses "
+            "it unless --force",
+            report["best_validation"].get("recall@100", float("nan")),
+            popularity["recall@100"],
+        )
     publish_json(out / REPORT_FILE, report)
     _plots(state, out, popularity, cfg.eval_exclude_history)
     return report
+
+
+CAP_WHILE_IMPROVING = "epoch cap, validation still improving"
+
+
+def stopped_by(state: TrainState) -> str:
+    """Why the run ended: early stopping, the epoch cap, or the cap while the last epoch was still the best."""
+    if state.stopped_early:
+        return "early stopping"
+    if state.epochs and state.best_epoch == len(state.epochs):
+        return CAP_WHILE_IMPROVING
+    return "epoch cap"
+
+
+def beats_popularity(best: dict[str, float], popularity: dict[str, float]) -> bool:
+    """Whether the chosen epoch's validation recall@100 is above popularity's on the same examples."""
+    return bool(best) and best.get("recall@100", -math.inf) > popularity.get("recall@100", math.inf)
 
 
 def _arming_recall(cfg: TrainConfig, popularity: dict[str, float]) -> float:
@@ -467,6 +506,7 @@ def _report(
     plan: Schedule,
     out: Path,
 ) -> dict[str, Any]:
+    best = state.epochs[state.best_epoch - 1] if state.best_epoch > 0 else {}
     return {
         "loss": trainer.cfg.loss,
         "steps": state.step,
@@ -474,11 +514,14 @@ def _report(
         "schedule": asdict(plan),
         "best_epoch": state.best_epoch,
         "stopped_early": state.stopped_early,
+        "stopped_by": stopped_by(state),
         "early_stopping_armed_epoch": state.armed_epoch,
         "data": {split: data.count(split) for split in ("train", "validation", "test")},
         "videos": data.sizes.videos,
         "epochs": state.epochs,
         "validation_popularity": popularity,
+        "best_validation": best,
+        "beats_popularity": beats_popularity(best, popularity),
         "estimator_diagnostics": state.diagnostics[-5:],
         "miner_refreshes": [asdict(s) for s in trainer.miner.history[-5:]] if trainer.miner else [],
         "miner_refresh_kinds": dict(Counter(s.kind for s in trainer.miner.history)) if trainer.miner else {},

@@ -10,8 +10,8 @@ import pytest
 
 from benchmarks.output import ranks_file
 from benchmarks.protocol import ProtocolRun
-from benchmarks.report import at_steps, equal_steps_section, recall_curves, tie_rule, write_report
-from benchmarks.schema import METHODS, shape_results
+from benchmarks.report import at_steps, best_peer_section, equal_steps_section, recall_curves, tie_rule, write_report
+from benchmarks.schema import METHODS, QUALITY_KS, shape_results
 from benchmarks.targets import add_intervals
 from recsys.metrics import metrics_from_ranks
 
@@ -26,7 +26,7 @@ def fake_result(tmp_path: Path) -> Path:
     for protocol in PROTOCOLS:
         run = ProtocolRun(groups=groups)
         run.ranks = {m: rng.integers(0, 300, size=len(groups)).astype(np.float64) for m in METHODS}
-        run.metrics = {m: metrics_from_ranks(r) for m, r in run.ranks.items()}
+        run.metrics = {m: metrics_from_ranks(r, QUALITY_KS) for m, r in run.ranks.items()}
         runs[protocol] = run
     result = shape_results({p: r.metrics for p, r in runs.items()})
     comparisons = add_intervals(result, runs, METHODS)
@@ -61,17 +61,17 @@ def test_report_writes_markdown_with_every_method_and_intervals_and_both_plots(t
     assert written[0] == tmp_path / "quality_fake.md"
     for method in METHODS:
         assert f"| {method} |" in md
-    for column in ("R@10 [95% CI]", "R@50 [95% CI]", "R@100 [95% CI]", "NDCG@10 [95% CI]", "MAP [95% CI]"):
-        assert column in md
+    columns = ("R@10", "R@20", "R@50", "R@100", "NDCG@10", "NDCG@20", "MAP")
+    assert " | ".join(f"{c} [95% CI]" for c in columns) in md
     assert "| 120 / 30 |" in md and "lambda=250.0" in md and "lambda ∈ {10.0, 250.0}" in md
     chosen = "| learning_rate=0.2, best epoch 3 of 3 |"
     two_tower = f"{chosen} learning_rate ∈ {{0.1, 0.2}}; epochs ≤ 40, early stopping (patience 3) |"
     assert md.count(two_tower) == 2 * 4
-    for other in ("full", "loguniform", "inbatch", "ease", "als", "bpr", "popularity"):
+    for other in ("full", "loguniform", "inbatch", "ease", "als", "itemknn", "bpr", "popularity"):
         assert f"| topk_random vs {other} | recall@100 |" in md
     assert "p (Holm)" in md and "significant (Holm)" in md and "No multiple-comparison correction" not in md
     holm_rows = [line for line in md.splitlines() if line.startswith("| topk_random vs ")]
-    assert len(holm_rows) == 2 * 7 * 4 and all(line.count("|") == 9 for line in holm_rows)
+    assert len(holm_rows) == 2 * 8 * 4 and all(line.count("|") == 9 for line in holm_rows)
     assert tie_rule() and tie_rule() in md
     assert "python -m benchmarks.report --json" in md
     assert "python -m benchmarks.quality --dataset ml-100k --json x.json" in md
@@ -155,3 +155,57 @@ def test_budget_report_reads_every_loss_at_the_estimators_steps(tmp_path):
     assert "| 200 | 20.0 | 0.3000 | 0.3000 (+0.0000) |" in md
     assert any(p.name.endswith("_budget_curve_time_split.png") for p in written)
     assert equal_steps_section({"meta": {"protocols": {}}, "time_split": {}}) == []
+
+
+def test_best_peer_section_holds_the_two_tower_to_the_best_peer_per_metric(tmp_path):
+    path = fake_result(tmp_path)
+    result = json.loads(path.read_text())
+    section = best_peer_section(result)
+    assert section[0] == "## Against the best peer"
+    rows = [line for line in section if line.startswith("| leave-last-out |")]
+    assert [row.split(" | ")[1] for row in rows] == ["recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@20"]
+    entries = result["leave_last_out"]
+    for row in rows:
+        metric = row.split(" | ")[1]
+        best = max(("als", "ease", "itemknn"), key=lambda m: entries[m][metric])
+        pair = result["meta"]["comparisons"]["leave_last_out"][f"topk_random vs {best}"][metric]
+        label = {"als": "ALS", "ease": "EASE", "itemknn": "item-kNN"}[best]
+        assert f"| {entries['topk_random'][metric]:.4f} | {label} {entries[best][metric]:.4f} |" in row
+        assert f"{pair['mean_diff']:+.4f} [{pair['low']:+.4f}, {pair['high']:+.4f}]" in row
+        assert row.endswith("| yes |" if pair["low"] > 0 or pair["high"] < 0 else "| no |")
+    write_report(path)
+    md = (tmp_path / "quality_fake.md").read_text()
+    assert "## Against the best peer" in md and md.index("## Against the best peer") < md.index("## time split")
+    assert "## Published figures" not in md  # not an Amazon log
+
+
+def test_an_older_result_without_recall_at_20_keeps_its_columns_and_gets_no_peer_section(tmp_path):
+    path = fake_result(tmp_path)
+    result = json.loads(path.read_text())
+    for protocol in PROTOCOLS:
+        for entry in result[protocol].values():
+            for key in ("recall@20", "ndcg@20", "recall@20_ci", "ndcg@20_ci"):
+                del entry[key]
+    path.write_text(json.dumps(result))
+    write_report(path)
+    md = (tmp_path / "quality_fake.md").read_text()
+    assert "| method | R@10 [95% CI] | R@50 [95% CI] | R@100 [95% CI] | NDCG@10 [95% CI] | MAP [95% CI] |" in md
+    assert "R@20" not in md and "NDCG@20" not in md
+    assert best_peer_section(result) == [] and "Against the best peer" not in md
+
+
+def test_a_defaults_run_shows_no_grid_and_its_planned_epochs(tmp_path):
+    path = fake_result(tmp_path)
+    result = json.loads(path.read_text())
+    epochs = [{"epoch": e, "step": 10 * e, "recall@100": 0.1, "loss": 1.0} for e in (1, 2, 3)]
+    plan = {"epochs": 100, "patience": 5}
+    defaults = {"chosen": {}, "grid": {}, "epoch_cap": None, "patience": 2, "schedule": plan, "epochs": epochs}
+    result["meta"]["protocols"]["leave_last_out"]["losses"]["topk_random"] = {
+        "best_epoch": 3,
+        "epochs_run": 3,
+        **defaults,
+    }
+    path.write_text(json.dumps(result))
+    write_report(path)
+    md = (tmp_path / "quality_fake.md").read_text()
+    assert "| best epoch 3 of 3 | no grid (one point); epochs ≤ 100 (planned), early stopping (patience 5) |" in md

@@ -101,8 +101,8 @@ def test_each_layer_round_trips_through_its_config() -> None:
         assert type(rebuilt) is type(layer) and rebuilt.get_config() == layer.get_config()
 
 
-POOLINGS = ("mean", "recency", "attention")
-SEQUENCE_POOLINGS = ("recency", "attention")
+POOLINGS = ("mean", "recency", "attention", "sequence")
+SEQUENCE_POOLINGS = ("recency", "attention", "sequence")
 
 
 def _tower(pooling: str, max_history: int = 6, seed: int = 0) -> UserTower:

@@ -8,7 +8,15 @@ import pytest
 import tensorflow as tf
 
 from recsys import softmax as sm
-from recsys.sparse_optim import RowScale, SparseAdagrad, SparseSGD, deduplicate, gather_distinct, tf_variable
+from recsys.sparse_optim import (
+    RowScale,
+    SparseAdagrad,
+    SparseAdam,
+    SparseSGD,
+    deduplicate,
+    gather_distinct,
+    tf_variable,
+)
 
 LR, INIT, EPS = 0.3, 0.1, 1e-7
 
@@ -220,3 +228,48 @@ def test_gather_distinct_equals_gather_with_one_gradient_slice_per_row():
     reference = tf.convert_to_tensor(tape.gradient(plain, table))
     assert sorted(grad.indices.numpy().tolist()) == [3, 7, 9]  # the plain gather's gradient has 6 slices
     np.testing.assert_allclose(tf.convert_to_tensor(grad).numpy(), reference.numpy(), rtol=1e-6)
+
+
+def _adam_reference(
+    var: np.ndarray, m: np.ndarray, v: np.ndarray, grad: np.ndarray, t: int, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lazy Adam in float64: the listed rows take the Adam step at step t, every other row keeps its state."""
+    b1, b2, lr, eps = 0.9, 0.999, 0.01, 1e-8
+    var, m, v = var.copy(), m.copy(), v.copy()
+    m[rows] = b1 * m[rows] + (1 - b1) * grad[rows]
+    v[rows] = b2 * v[rows] + (1 - b2) * grad[rows] ** 2
+    step = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+    var[rows] -= step * m[rows] / (np.sqrt(v[rows]) + eps)
+    return var, m, v
+
+
+def test_sparse_adam_matches_lazy_reference_with_repeats() -> None:
+    n, d = 20, 4
+    init = np.random.default_rng(2).normal(size=(n, d)).astype(np.float32)
+    indices, values, dense = _repeated_gradient(n, d)
+    rows = np.unique(indices)
+    var = tf.Variable(init)
+    opt = SparseAdam(0.01)
+    opt.build([var])
+    ref = (init.astype(np.float64), np.zeros((n, d)), np.zeros((n, d)))
+    for t in range(1, 4):
+        opt.apply_gradients([(tf.IndexedSlices(tf.constant(values), tf.constant(indices)), var)])
+        ref = _adam_reference(*ref, dense, t, rows)
+    np.testing.assert_allclose(var.numpy(), ref[0], rtol=1e-5, atol=1e-6)
+    m, v = opt.moments(var)
+    np.testing.assert_allclose(v.numpy(), ref[2], rtol=1e-4, atol=1e-9)  # (g1+g2)^2, not g1^2+g2^2, for a repeat
+    untouched = np.setdiff1d(np.arange(n), indices)
+    assert np.array_equal(var.numpy()[untouched], init[untouched])
+    assert not m.numpy()[untouched].any()
+
+
+def test_sparse_adam_dense_path_matches_keras_adam() -> None:
+    init = np.random.default_rng(3).normal(size=(5, 3)).astype(np.float32)
+    grads = [np.random.default_rng(10 + i).normal(size=(5, 3)).astype(np.float32) for i in range(3)]
+    ours, theirs = tf.Variable(init), keras.Variable(init)
+    opt, reference = SparseAdam(0.01, epsilon=1e-7), keras.optimizers.Adam(0.01, epsilon=1e-7)
+    for g in grads:
+        opt.apply_gradients([(tf.constant(g), ours)])
+        reference.apply_gradients([(tf.constant(g), theirs)])
+    np.testing.assert_allclose(ours.numpy(), np.asarray(theirs), rtol=1e-4, atol=1e-6)
+    assert int(opt.iterations.numpy()) == 3

@@ -64,6 +64,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         loss="full",
         batch_size=256,
         epochs=10,
+        optimizer="adagrad",
         learning_rate=0.4,
         eval_max_examples=500,
         shuffle_window=5000,

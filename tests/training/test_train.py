@@ -93,6 +93,7 @@ def _train_cfg(**kw) -> TrainConfig:
         loss="topk_random",
         batch_size=64,
         epochs=2,
+        optimizer="adagrad",
         learning_rate=0.2,
         uniform_samples=128,
         top_k=8,
@@ -171,6 +172,7 @@ def test_topk_random_beats_popularity_on_ml100k(ml100k_examples, tmp_path):
         loss="topk_random",
         batch_size=256,
         epochs=10,
+        optimizer="adagrad",
         learning_rate=0.4,
         uniform_samples=256,
         top_k=16,
@@ -294,12 +296,15 @@ def test_early_stopping_waits_until_the_model_rises_above_popularity(synthetic_e
 
 
 def test_an_unset_epoch_cap_is_planned_from_the_log(synthetic_examples, tmp_path):
-    # epochs=None: the cap comes from min_steps and the log's steps per epoch, bounded by max_auto_epochs.
+    # epochs=None: early stopping may not end the run before min_steps, so here max_auto_epochs ends it, and the
+    # report says whether validation was still improving when it did.
     cfg = _train_cfg(loss="loguniform", epochs=None, min_steps=10**6, max_auto_epochs=2)
     report = train(synthetic_examples, tmp_path / "run", SMALL, cfg, progress=False)
     plan = report["schedule"]
     assert plan["epochs"] == 2 and plan["epochs_from"].startswith("derived")
     assert report["epochs_run"] == 2 and report["steps"] == 2 * plan["steps_per_epoch"]
+    improving = report["best_epoch"] == report["epochs_run"]
+    assert report["stopped_by"] == ("epoch cap, validation still improving" if improving else "epoch cap")
 
 
 def test_a_planned_run_is_not_stopped_before_its_planned_steps(synthetic_examples, tmp_path):
@@ -317,7 +322,7 @@ def test_a_planned_run_is_not_stopped_before_its_planned_steps(synthetic_example
     )
     report = train(synthetic_examples, tmp_path / "run", SMALL, cfg, progress=False)
     assert report["schedule"]["epochs"] == 4 and report["schedule"]["stop_after_step"] == 3 * per_epoch
-    assert report["stopped_early"] and report["epochs_run"] == 3
+    assert report["stopped_early"] and report["epochs_run"] == 3 and report["stopped_by"] == "early stopping"
 
 
 def _gated_run(data: ExampleSet, steps: int, **kw: Any) -> Trainer:
