@@ -70,7 +70,7 @@ def model_configs(kind: str, epochs: int | None, budget: bool) -> tuple[ModelCon
     """The base model and training config of every loss; TWO_TOWER_GRID's values are searched on top of it."""
     if kind == "movielens":
         # Depth 0 with 128-wide history embeddings: the best full-softmax validation recall of TOWER_NOTE's sweep.
-        model = ModelConfig(hidden=[], embedding_dim=64, video_input_dim=128)
+        model = ModelConfig(hidden=[], embedding_dim=64, video_input_dim=128, dropout=0.0)
         cfg = TrainConfig(
             optimizer="adagrad",  # the optimizer these grids were tuned with (before Adam became the default)
             batch_size=256,
@@ -86,7 +86,7 @@ def model_configs(kind: str, epochs: int | None, budget: bool) -> tuple[ModelCon
         )
     else:  # synthetic or a log of your own: not tuned; m and K around sqrt(n) as the design suggests
         # One hidden layer: full softmax's validation recall beat depth 0 with it (TOWER_NOTE).
-        model = ModelConfig(hidden=[256], embedding_dim=64)
+        model = ModelConfig(hidden=[256], embedding_dim=64, dropout=0.0)  # as tuned, before dropout existed
         cfg = TrainConfig(
             optimizer="adagrad",
             batch_size=1024,

@@ -189,7 +189,7 @@ def _run(cfg: DemoConfig, echo: Callable[[str], None]) -> dict[str, Any]:
         note["result"] = ", ".join(f"{split} {count:,}" for split, count in rows.items()) + " examples"
 
     with stages.stage(f"train (top-K-plus-random softmax, up to {cfg.epochs} epochs)") as note:
-        model_cfg = ModelConfig(hidden=[256], embedding_dim=64, video_input_dim=64)
+        model_cfg = ModelConfig(hidden=[256], embedding_dim=64, video_input_dim=64, dropout=0.0)
         train_cfg = TrainConfig(
             loss="topk_random",
             optimizer="adagrad",  # the optimizer the demo's learning rate was tuned with

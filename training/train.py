@@ -98,6 +98,7 @@ class Trainer:
             weights={_key(v): tf_variable(v) for v in self.model.weights},
             rng=self.rng,
             **_optimizer_state(self.optimizer, self.model.trainable_variables),
+            dropout_seeds=_seed_states(self.model),
         )
         spec = feature_signature(data.max_history, data.max_tokens)
         label_spec = tf.TensorSpec([None], tf.int32)
@@ -295,6 +296,15 @@ class Trainer:
         if self.miner is not None and self.miner.index is not None:
             result["index_recall"] = self.miner.recall_of_true_topk(u.numpy(), k=self.cfg.top_k)
         return result
+
+
+def _seed_states(model: TwoTower) -> dict[str, tf.Variable]:
+    """The dropout layers' random-generator states, keyed by order (their Keras names carry a per-process counter).
+
+    Checkpointed so that a resumed run draws the same dropout masks as an uninterrupted one.
+    """
+    states = [v for v in model.variables if v.path.endswith("seed_generator_state")]
+    return {f"seed_{i}": tf_variable(v) for i, v in enumerate(states)}
 
 
 def _optimizer_state(optimizer: SparseAdam | SparseAdagrad, variables: list[Any]) -> dict[str, Any]:
