@@ -21,13 +21,14 @@ def register(app: typer.Typer) -> None:
 
 def generate(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="output directory (must not exist or be empty)")],
+    out: Annotated[Path, typer.Option(help="output directory (must not exist or be empty, unless --overwrite)")],
     users: Annotated[int | None, typer.Option(help="number of users")] = None,
     videos: Annotated[int | None, typer.Option(help="number of videos")] = None,
     events: Annotated[int | None, typer.Option(help="number of watch events")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     topics: Annotated[int | None, typer.Option(help="number of latent topics")] = None,
     days: Annotated[float | None, typer.Option(help="days the log spans")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier `recsys generate` output in --out")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Write a synthetic watch log (events, searches, users, videos and the planted ground truth)."""
@@ -42,7 +43,7 @@ def generate(
         topics=topics,
         days=days,
     )
-    summary = run_generate(cfg, out, progress=not quiet)
+    summary = run_generate(cfg, out, progress=not quiet, overwrite=overwrite)
     typer.echo(f"wrote {summary['counts']['events']:,} events to {out}")
 
 

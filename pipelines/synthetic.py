@@ -32,7 +32,7 @@ from tqdm import tqdm
 from recsys.config import GeneratorConfig
 from recsys.errors import RecsysError
 from recsys.logs import progress_enabled
-from recsys.publish import publish_dir
+from recsys.publish import Owner, publish_dir
 from recsys.schemas import SEARCH_EVENTS, TIMESTAMP, USERS, VIDEOS, WATCH_EVENTS
 
 log = logging.getLogger(__name__)
@@ -460,10 +460,25 @@ def _videos_table(config: GeneratorConfig, world: _World, first_watch: NDArray[n
     return pa.Table.from_arrays([world.video_ids, _join_words(world.vocab, slots), _timestamps(upload)], schema=VIDEOS)
 
 
-def generate(config: GeneratorConfig, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Write a synthetic watch log (events, searches, users, videos, truth, manifest) to `out`, atomically."""
+def _is_earlier_output(out: Path) -> bool:
+    """Whether a directory holds an earlier generate() output (the only kind that overwrite may replace)."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("generator") == "pipelines.synthetic"
+
+
+_EARLIER_OUTPUT = Owner(_is_earlier_output, "an earlier `recsys generate` output (no generator manifest.json)")
+
+
+def generate(config: GeneratorConfig, out: Path, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Write a synthetic watch log (events, searches, users, videos, truth, manifest) to `out`, atomically.
+
+    With ``overwrite`` an earlier output of this function at `out` is replaced; any other non-empty `out` is refused.
+    """
     counts = _event_counts(config)  # validates the config before anything touches the disk
-    with publish_dir(Path(out)) as tmp:
+    with publish_dir(Path(out), overwrite=overwrite, owner=_EARLIER_OUTPUT) as tmp:
         summary = _generate_into(config, counts, tmp, progress)
     return summary
 

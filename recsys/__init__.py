@@ -74,3 +74,16 @@ _EXPORTS = {
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+
+def _installed_version() -> str:
+    """The version of the installed distribution; '0+unknown' when the source tree runs without being installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recsys-two-tower")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _installed_version()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
 from pydantic import ValidationError
 
+from recsys import __version__
 from recsys.config import Settings, load_settings
 from recsys.errors import RecsysError
 from recsys.logs import configure_logging
@@ -63,6 +65,13 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    """--version: print the installed version and stop before any command runs."""
+    if value:
+        typer.echo(f"recsys-two-tower {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -72,12 +81,16 @@ def _root(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="log warnings and errors only")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log debug lines of the project too")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="print the version and exit")
+    ] = False,
 ) -> None:
     if quiet and verbose:
         raise typer.BadParameter("pass at most one of them", param_hint="--quiet / --verbose")
     verbosity = -1 if quiet else int(verbose)
     configure_logging(verbosity)
-    ctx.obj = {"config": config, "verbosity": verbosity}
+    # Updated, not replaced: main() holds this dict to learn which command failed.
+    ctx.ensure_object(dict).update(config=config, verbosity=verbosity, command=ctx.invoked_subcommand)
 
 
 def settings_from(ctx: typer.Context) -> Settings:
@@ -92,6 +105,41 @@ def verbosity_from(ctx: typer.Context) -> int:
     return int((ctx.find_root().obj or {}).get("verbosity", 0))
 
 
+def validation_lines(exc: ValidationError, options: Mapping[str, str] | None = None) -> list[str]:
+    """One 'WHERE: problem' line per rejected value, instead of pydantic's multi-line text with a URL per field.
+
+    WHERE is the command-line option that set the field when ``options`` (field -> option) has it, ``config
+    SECTION.FIELD`` for the settings of the config file and RECSYS_* variables, else the model and field path.
+    """
+    known = options or {}
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):  # no input: it may be a secret
+        loc = [str(part) for part in error["loc"]]
+        if exc.title == "Settings":
+            where = "config " + ".".join(loc)
+        elif len(loc) == 1 and loc[0] in known:
+            where = known[loc[0]]
+        else:
+            where = ".".join([exc.title, *loc])
+        lines.append(f"{where}: {_problem(error['msg'])}")
+    return lines
+
+
+def _problem(message: str) -> str:
+    """Pydantic's message without the prefix it gives a validator's own error, lower-cased as a clause."""
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message[:1].lower() + message[1:] if message[1:2].islower() else message
+
+
+def _options_of(command: str | None) -> dict[str, str]:
+    """{parameter name: option} of one subcommand ('users' -> '--users'), to name a rejected field as typed."""
+    found = getattr(typer.main.get_command(app), "commands", {}).get(command or "")
+    if found is None:
+        return {}
+    return {param.name: param.opts[0] for param in found.params if param.name and param.opts}
+
+
 def _register_layers() -> None:
     for ep in entry_points(group="recsys.commands"):
         register = ep.load()
@@ -101,9 +149,14 @@ def _register_layers() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI, turning expected errors into a message and exit code 2."""
     _register_layers()
+    state: dict[str, Any] = {}  # filled by the root callback
     try:
-        app(args=argv, standalone_mode=False)
-    except (RecsysError, ValidationError, FileNotFoundError) as exc:
+        app(args=argv, standalone_mode=False, obj=state)
+    except ValidationError as exc:
+        for line in validation_lines(exc, _options_of(state.get("command"))):
+            typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except (RecsysError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except ModuleNotFoundError as exc:

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 import serving.metrics as metrics
+from recsys import __version__
 from recsys.bundle import resolve_bundle
 from recsys.config import PipelineConfig, ServeConfig, load_settings
 from recsys.errors import RecsysError
@@ -555,7 +556,7 @@ def create_app(config: ServeConfig, store: HistoryStore | None = None) -> FastAP
 
     app = FastAPI(
         title="recsys candidate service",
-        version="1",
+        version=__version__,
         summary="YouTube-style two-tower candidate generation: user tower + FAISS maximum inner product search.",
         lifespan=lifespan,
     )

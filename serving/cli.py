@@ -21,6 +21,14 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
 
 
+def check_bundle(path: Path) -> None:
+    """Fail in one line unless path is a bundle or names one through `latest`, before any worker starts."""
+    from recsys.bundle import MANIFEST_FILE, BundleFormatError, resolve_bundle
+
+    if not (resolve_bundle(path) / MANIFEST_FILE).is_file():
+        raise BundleFormatError(f"{path}: no model bundle found (run `recsys export --run RUN --out {path}` first)")
+
+
 def serve(
     ctx: typer.Context,
     bundles: Annotated[Path | None, typer.Option(help="bundles directory (serves its latest) or one bundle")] = None,
@@ -34,8 +42,6 @@ def serve(
     """Serve candidates over HTTP: POST /v1/candidates, /v1/events, GET /v1/videos/{id}/similar, /metrics."""
     import uvicorn
 
-    from recsys.bundle import resolve_bundle
-
     settings = settings_from(ctx)
     cfg = with_overrides(
         settings.serve, bundles=bundles, host=host, port=port, workers=workers, store=store, catalog=catalog
@@ -44,8 +50,8 @@ def serve(
         raise typer.BadParameter(
             "no bundles directory: pass --bundles or set RECSYS_SERVE__BUNDLES", param_hint="--bundles"
         )
-    if cfg.poll_seconds <= 0:
-        resolve_bundle(cfg.bundles)  # fail now, in one line, rather than in every worker's start-up
+    if cfg.poll_seconds <= 0:  # with polling the service starts anyway and waits for a bundle to appear
+        check_bundle(cfg.bundles)
     if cfg.store == "memory" and cfg.workers > 1:
         raise typer.BadParameter("the in-process history store needs --workers 1 (use redis)", param_hint="--store")
     # Workers import the app factory and read their settings from the environment: pass the command line on.

@@ -94,7 +94,11 @@ def test_entry_points_and_license() -> None:
     commands = PROJECT["entry-points"]["recsys.commands"]
     assert commands["serving"] == "serving.cli:register"
     assert "serving" in PYPROJECT["tool"]["mypy"]["packages"]
-    assert PROJECT["license"] == {"text": "Apache-2.0"}
+    assert PROJECT["license"] == "Apache-2.0" and PROJECT["license-files"] == ["LICENSE"]  # SPDX, PEP 639
+    (backend,) = PYPROJECT["build-system"]["requires"]
+    assert not Requirement(backend).specifier.contains("76.1")  # setuptools reads SPDX license strings from 77
+    assert "py.typed" in PYPROJECT["tool"]["setuptools"]["package-data"]["recsys"]
+    assert (REPO / "recsys" / "py.typed").is_file()
     license_text = (REPO / "LICENSE").read_text()
     assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
     assert "END OF TERMS AND CONDITIONS" in license_text
