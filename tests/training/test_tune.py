@@ -16,8 +16,8 @@ from training.tune import TUNING_FILE, default_axes, tune
 
 def test_tune_keeps_the_best_validation_point_and_records_the_search(synthetic_examples: Path, tmp_path: Path) -> None:
     model = ModelConfig(hidden=[32], embedding_dim=16, video_input_dim=16, token_input_dim=4, category_dim=2)
-    cfg = TrainConfig(loss="loguniform", batch_size=256, epochs=2, patience=1)
-    axes = {"learning_rate": (0.005, 0.4), "history_pooling": ("mean",)}
+    cfg = TrainConfig(loss="loguniform", optimizer="adagrad", batch_size=256, epochs=2, patience=1)
+    axes = {"learning_rate": (0.005, 0.4), "history_pooling": ("mean",)}  # Adagrad step sizes
     out = tmp_path / "tuned"
     result = tune(synthetic_examples, out, model, cfg, axes, keep_all=True)
     record = json.loads((out / TUNING_FILE).read_text())
