@@ -148,13 +148,6 @@ RESULTS: tuple[Result, ...] = (
     ),
     result(
         "quality",
-        "quality/quality_sports_defaults.json",
-        "As quality_beauty_defaults on Amazon Sports and Outdoors (35,598 users, 18,357 items).",
-        *("--events", "../shared/data/amazon/Sports_and_Outdoors.txt", "--protocols", "leave_last_out"),
-        *("--defaults", "--skip-bpr", "--hide", "earlier"),
-    ),
-    result(
-        "quality",
         "quality/quality_ml100k_defaults.json",
         "ML-100K leave-last-out as served: `recsys train` with no flags against popularity, ALS, EASE and item-kNN "
         "(the sparse-log defaults held to the dense log).",
