@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model, popularity = test["model"], test["popularity"]
     ratio = model["recall@100"] / popularity["recall@100"] if popularity["recall@100"] > 0 else float("inf")
     difference = test["model_vs_popularity"]["recall@100"]
-    best = report["epochs"][report["best_epoch"] - 1] if report["best_epoch"] > 0 else {}
+    best = report["best_validation"]
     result = {
         "command": command_line("benchmarks.defaults", argv),
         "log": str(args.events),

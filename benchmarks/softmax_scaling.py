@@ -78,7 +78,7 @@ def measure(loss: str, n: int, steps: int, cfg_kw: dict[str, Any], seed: int = 0
     """Step seconds of one loss at one n (plus the miner's parts for top-K-plus-random)."""
     tf.keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
-    cfg = TrainConfig(loss=loss, batch_size=BATCH, **cfg_kw)
+    cfg = TrainConfig(loss=loss, optimizer="adagrad", batch_size=BATCH, **cfg_kw)  # the SparseAdagrad below
     tower = tf.keras.layers.Dense(DIM, kernel_initializer="identity")
     tower.build((None, DIM))
     world = _World(rng, n)

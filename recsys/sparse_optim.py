@@ -177,10 +177,6 @@ class SparseAdagrad(_RowSparseOptimizer):
             self._accumulators[key] = acc
         return acc
 
-    def slot_variables(self, var: Any) -> dict[str, tf.Variable]:
-        """The optimizer state of var by name, for checkpoints."""
-        return {"accumulator": self.accumulator(var)}
-
     def apply(self, var: Any, indices: tf.Tensor, values: tf.Tensor, row_scale: RowScale | None = None) -> None:
         """Sparse Adagrad step on the distinct rows of indices, with repeated rows' gradients summed first."""
         v = tf_variable(var)

@@ -84,7 +84,7 @@ def train(
         seed=seed,
     )
     report = run_train(examples, out, model_cfg, cfg, resume=resume, progress=not quiet, index_spec=index_spec)
-    best = report["epochs"][report["best_epoch"] - 1] if report["best_epoch"] > 0 else {}
+    best = report["best_validation"]
     typer.echo(
         f"{cfg.loss}: {report['steps']} steps, best epoch {report['best_epoch']} validation recall@100 "
         f"{best.get('recall@100', float('nan')):.4f} (popularity {report['validation_popularity']['recall@100']:.4f})"

@@ -183,8 +183,9 @@ class LossHead:
         return rows, self.tail_draw_chance(rows)
 
     def _tail(self, rows: tf.Tensor, inclusion: tf.Tensor) -> RowScale | None:
-        """The RowScale of the tail rows, or None when the correction is switched off."""
-        return RowScale(rows, inclusion) if self.cfg.tail_accumulator_correction else None
+        """The RowScale of the tail rows, or None when the correction is off or the optimizer is not Adagrad."""
+        applies = self.cfg.tail_accumulator_correction and self.cfg.optimizer == "adagrad"
+        return RowScale(rows, inclusion) if applies else None
 
 
 def _distinct_sorted(draws: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

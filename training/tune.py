@@ -57,7 +57,7 @@ class Tuning:
 
 
 def _best_epoch(report: dict[str, Any]) -> dict[str, float]:
-    best = report["epochs"][report["best_epoch"] - 1] if report["best_epoch"] > 0 else {}
+    best = report["best_validation"]
     return {k: float(v) for k, v in best.items() if k not in _NOT_METRICS and isinstance(v, (int, float))}
 
 

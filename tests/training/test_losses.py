@@ -24,6 +24,7 @@ def _inputs() -> tuple[tf.Tensor, tf.Variable, tf.Variable, tf.Tensor, tf.Tensor
 
 
 def _head(**kw: object) -> LossHead:
+    kw = {"optimizer": "adagrad", **kw}  # the tail's RowScale is Adagrad's accumulator correction
     cfg = TrainConfig(loss="topk_random", uniform_samples=M, **kw)  # type: ignore[arg-type]
     return LossHead(cfg, N, np.ones(N), tf.random.Generator.from_seed(1))
 
@@ -47,7 +48,7 @@ def test_tail_rows_are_the_uniform_draws_outside_every_head(head: str) -> None:
 
 def test_loguniform_tail_rows_carry_each_draws_inclusion_probability() -> None:
     u, V, b, y, cand = _inputs()
-    cfg = TrainConfig(loss="loguniform", uniform_samples=M)
+    cfg = TrainConfig(loss="loguniform", optimizer="adagrad", uniform_samples=M)
     _, tail = LossHead(cfg, N, np.ones(N), tf.random.Generator.from_seed(1)).loss_and_tail(
         u, V, b, y, cand[:, :0], None
     )
@@ -64,6 +65,7 @@ def test_loguniform_tail_rows_carry_each_draws_inclusion_probability() -> None:
 def test_tail_scale_is_off_for_exact_losses_and_when_disabled() -> None:
     u, V, b, y, cand = _inputs()
     assert _head(tail_accumulator_correction=False).loss_and_tail(u, V, b, y, cand, None)[1] is None
+    assert _head(optimizer="adam").loss_and_tail(u, V, b, y, cand, None)[1] is None  # Adam has no accumulator
     for loss in ("full", "inbatch"):
         cfg = TrainConfig(loss=loss, uniform_samples=M)
         head = LossHead(cfg, N, np.ones(N), tf.random.Generator.from_seed(1))
@@ -150,7 +152,7 @@ def test_mixture_tail_weights_follow_both_proposals() -> None:
 def test_mixture_tail_rows_carry_the_chance_of_either_proposal() -> None:
     u, V, b, y, cand = _inputs()
     counts = np.ones(N)
-    cfg = TrainConfig(loss="topk_random", uniform_samples=M, tail_sampler="loguniform_inbatch")
+    cfg = TrainConfig(loss="topk_random", optimizer="adagrad", uniform_samples=M, tail_sampler="loguniform_inbatch")
     head = LossHead(cfg, N, counts, tf.random.Generator.from_seed(1))
     loss, tail = head.loss_and_tail(u, V, b, y, cand, None)
     assert tail is not None and np.isfinite(float(loss))
